@@ -1,0 +1,127 @@
+"""Safe decoding of image files into RGB arrays: one gate for every image, at ingestion and inference."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Quarantine reasons a file's bytes can earn. They are fixed phrases so reports can count by reason;
+# the specifics of each case go into the detail text beside them.
+EMPTY = "empty file"
+NOT_AN_IMAGE = "not an image"
+DECOMPRESSION_BOMB = "decompression bomb"
+TRUNCATED = "truncated image"
+UNDECODABLE = "undecodable image"
+TOO_SMALL = "too small"
+
+
+class UnusableImage(ValueError):
+    """A file's bytes that cannot be used as an image; `reason` is one of the fixed phrases above."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A fully decoded image as RGB uint8 (height, width, 3), with what the file itself declared."""
+
+    rgb: np.ndarray
+    file_format: str
+    file_mode: str
+
+
+def decode_rgb(data: bytes, *, min_side: int = 32, max_pixels: int = 40_000_000) -> DecodedImage:
+    """Decode every pixel of an image file's bytes into RGB, or raise `UnusableImage` saying why.
+
+    The format is read from the content, never the file name, so PNG bytes under a `.jpg` name decode.
+    The pixel count is checked from the header before any pixel is decompressed, so a decompression
+    bomb costs nothing. Grayscale, palette, CMYK, 16-bit and alpha images become RGB (alpha over white,
+    the colour of an empty slide), EXIF orientation is applied, and multi-frame files give their first frame.
+    """
+    if not data:
+        raise UnusableImage(EMPTY, "0 bytes")
+    with warnings.catch_warnings():
+        # Our own pixel limit below is the one that applies; Pillow's warning would only add noise.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise UnusableImage(NOT_AN_IMAGE, "no known image format in its content") from None
+        except Image.DecompressionBombError as error:
+            raise UnusableImage(DECOMPRESSION_BOMB, str(error)) from None
+        except Exception as error:
+            raise UnusableImage(_decode_failure(error), f"header: {error}") from None
+        width, height = image.size
+        if width * height > max_pixels:
+            raise UnusableImage(
+                DECOMPRESSION_BOMB, f"{width}x{height} = {width * height} pixels, limit {max_pixels}"
+            )
+        file_format, file_mode = image.format or "unknown", image.mode
+        try:
+            image.load()
+            image = ImageOps.exif_transpose(image)
+        except Exception as error:
+            raise UnusableImage(_decode_failure(error), f"{file_format}: {error}") from None
+    if min(width, height) < min_side:
+        raise UnusableImage(TOO_SMALL, f"{width}x{height} px, minimum {min_side} px a side")
+    return DecodedImage(rgb=_to_rgb(image), file_format=file_format, file_mode=file_mode)
+
+
+def _decode_failure(error: Exception) -> str:
+    """Tell a file cut short from one whose data is corrupt, by what the decoder said."""
+    return TRUNCATED if isinstance(error, EOFError) or "truncat" in str(error).lower() else UNDECODABLE
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert any Pillow mode to a contiguous RGB uint8 array."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Wide grey levels: stretch to 8 bits instead of letting Pillow clip everything above 255.
+        grey = np.asarray(image, dtype=np.float64)
+        low, high = float(grey.min()), float(grey.max())
+        scaled = (grey - low) * (255.0 / (high - low)) if high > low else np.zeros_like(grey)
+        return np.ascontiguousarray(np.repeat(scaled.round().astype(np.uint8)[..., None], 3, axis=2))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        slide = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(slide, rgba)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def perceptual_hash(rgb: np.ndarray) -> int:
+    """64-bit DCT perceptual hash (pHash): survives re-encoding, resizing and mild colour shifts.
+
+    The image is reduced to 32x32 grey, and each of the 8x8 lowest DCT frequencies becomes one bit:
+    above or below their median. Two images whose hashes differ in few bits look alike.
+    """
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA)
+    low_frequencies = cv2.dct(small)[:8, :8].flatten()
+    bits = low_frequencies > np.median(low_frequencies)
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def near_pairs(hashes: np.ndarray, max_bits: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i < j) of 64-bit hashes that differ in at most `max_bits` bits.
+
+    Compared a block of rows at a time, so memory stays bounded at block x n, not n x n.
+    """
+    bits = np.unpackbits(hashes.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).astype(np.float32)
+    firsts, seconds = [], []
+    for start in range(0, len(bits), block):
+        rows = bits[start : start + block]
+        # Bits that differ: ones here and zeros there, plus zeros here and ones there.
+        distances = rows @ (1 - bits).T + (1 - rows) @ bits.T
+        first, second = np.nonzero(distances <= max_bits)
+        first += start
+        keep = first < second
+        firsts.append(first[keep])
+        seconds.append(second[keep])
+    return (np.concatenate(firsts), np.concatenate(seconds)) if firsts else (np.array([], int),) * 2

@@ -1,0 +1,417 @@
+"""Ingestion: every file under the dataset root, checked, de-duplicated and split before any augmentation.
+
+The first node is the only one that touches the disk: it walks the folder without following links
+and decodes every file once. The rest are pure functions of the resulting file table, so a notebook
+or a test can call them on a hand-made frame.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import click
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from all_detection.image_io import UnusableImage, decode_rgb, near_pairs, perceptual_hash
+from all_detection.layout import CLASSES, IMAGE_FOLDERS, ORIGINAL_DIR, SEGMENTED_DIR
+
+logger = logging.getLogger(__name__)
+
+# Reasons a file is quarantined for where it is or what it is, before its bytes are looked at.
+OUTSIDE_CLASS_FOLDER = "outside a known class folder"
+HIDDEN_OR_SYSTEM = "hidden or system file"
+SYMBOLIC_LINK = "symbolic link (not followed)"
+NOT_REGULAR_FILE = "not a regular file"
+UNREADABLE = "unreadable file"
+FILE_TOO_LARGE = "file too large"
+# Reasons that need the whole table to see.
+CONFLICTING_LABELS = "byte-identical files under different labels"
+NO_ORIGINAL = "Segmented image without an Original"
+ORIGINAL_QUARANTINED = "its Original is quarantined"
+
+# Names operating systems and archivers leave behind; never smear images.
+SYSTEM_FILE_NAMES = frozenset({"Thumbs.db", "desktop.ini", "Icon\r", "__MACOSX"})
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetLayoutError(click.ClickException):
+    """The dataset root is missing or is not laid out like the Kaggle download.
+
+    A `ClickException`, so `kedro run` ends with this one message and exit code 1, not a traceback:
+    the user's fix is a path, not a line of code.
+    """
+
+
+def expected_layout(root: str | Path) -> str:
+    """The folder layout ingestion expects, for error messages and the README alike."""
+    classes = ",".join(CLASSES)
+    return (
+        f"{root}/{ORIGINAL_DIR}/{{{classes}}}/*.jpg, with an optional "
+        f"{root}/{SEGMENTED_DIR}/{{{classes}}}/*.jpg of the same file names "
+        "(the layout of the Kaggle download, doi 10.34740/KAGGLE/DSV/2175623)"
+    )
+
+
+def check_dataset_layout(root: str | Path) -> Path:
+    """Return the root as a path, or raise `DatasetLayoutError` naming it and the layout expected."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(
+            f"Dataset root '{root}' does not exist or is not a folder. Expected {expected_layout(root)}. "
+            'Point to it with --params "dataset.root=/path/to/ALL", or try the synthetic demo: '
+            "kedro run --env demo"
+        )
+    if not any((root / ORIGINAL_DIR / label).is_dir() for label in CLASSES):
+        found = sorted(entry.name for entry in root.iterdir())[:20]
+        raise DatasetLayoutError(
+            f"Dataset root '{root}' has no class folder. Expected {expected_layout(root)}; "
+            f"found {found or 'an empty folder'}."
+        )
+    return root
+
+
+def scan_image_folder(dataset: dict[str, Any], ingestion: dict[str, Any]) -> pd.DataFrame:
+    """Record every file under `dataset["root"]`, one row each, with its label, hash and verdict.
+
+    Links are recorded and never followed; hidden, system and misplaced files are recorded and
+    quarantined; every other file is decoded in full by `decode_rgb`, the same gate inference uses.
+    The perceptual hash of each usable image is kept for near-duplicate grouping.
+    """
+    root = check_dataset_layout(dataset["root"])
+    entries = sorted(_walk_without_following_links(root))
+    logger.info("Ingesting %d files under %s", len(entries), root)
+    progress = _Progress(len(entries))
+    records = []
+    for relative in entries:
+        records.append(_inspect_file(root, relative, ingestion))
+        progress.tick()
+    return pd.DataFrame.from_records(records, columns=_INVENTORY_COLUMNS)
+
+
+_INVENTORY_COLUMNS = [
+    "path", "folder", "label", "status", "reason", "detail", "sha256", "size_bytes",
+    "width", "height", "file_format", "file_mode", "phash",
+]  # fmt: skip
+
+
+def _walk_without_following_links(root: Path) -> Iterator[PurePosixPath]:
+    """Yield every non-directory entry below root, relative, including links to folders (not entered)."""
+    for folder, subfolders, files in os.walk(root, followlinks=False):
+        here = Path(folder).relative_to(root)
+        linked_folders = [name for name in subfolders if (Path(folder) / name).is_symlink()]
+        for name in [*files, *linked_folders]:
+            yield PurePosixPath((here / name).as_posix())
+
+
+def _inspect_file(root: Path, relative: PurePosixPath, ingestion: dict[str, Any]) -> dict[str, Any]:
+    parts = relative.parts
+    known_place = len(parts) == 3 and parts[0] in IMAGE_FOLDERS and parts[1] in CLASSES
+    record: dict[str, Any] = {
+        "path": str(relative),
+        "folder": parts[0] if known_place else None,
+        "label": parts[1] if known_place else None,
+    }
+    info = (root / relative).lstat()
+    hidden = any(part.startswith(".") or part in SYSTEM_FILE_NAMES for part in parts)
+    reason, detail = None, None
+    if stat.S_ISLNK(info.st_mode):
+        reason, detail = SYMBOLIC_LINK, f"points to {(root / relative).readlink()}"
+    elif not stat.S_ISREG(info.st_mode):
+        reason, detail = NOT_REGULAR_FILE, stat.filemode(info.st_mode)
+    elif hidden:
+        reason = HIDDEN_OR_SYSTEM
+    elif not known_place:
+        reason, detail = OUTSIDE_CLASS_FOLDER, f"expected {ORIGINAL_DIR}|{SEGMENTED_DIR}/<class>/<file>"
+    elif info.st_size > ingestion["max_file_mb"] * 2**20:
+        reason, detail = FILE_TOO_LARGE, f"{info.st_size} bytes, limit {ingestion['max_file_mb']} MiB"
+    record["size_bytes"] = info.st_size
+    # Reading a fifo or device would block or never end, and a link is never followed.
+    if stat.S_ISREG(info.st_mode) and reason != FILE_TOO_LARGE:
+        try:
+            data = (root / relative).read_bytes()
+        except OSError as error:
+            return {**record, "status": "quarantined", "reason": UNREADABLE, "detail": str(error)}
+        record["sha256"] = hashlib.sha256(data).hexdigest()
+        if reason is None:
+            try:
+                image = decode_rgb(
+                    data, min_side=ingestion["min_side_px"], max_pixels=ingestion["max_pixels"]
+                )
+            except UnusableImage as unusable:
+                reason, detail = unusable.reason, unusable.detail
+            else:
+                height, width = image.rgb.shape[:2]
+                record.update(
+                    width=width,
+                    height=height,
+                    file_format=image.file_format,
+                    file_mode=image.file_mode,
+                    phash=f"{perceptual_hash(image.rgb):016x}",
+                )
+    status = "ok" if reason is None else "quarantined"
+    return {**record, "status": status, "reason": reason, "detail": detail}
+
+
+class _Progress:
+    """Log how far a long scan has got, about every tenth of the way and at least every 10 seconds."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        self.step, self.last_logged = max(1, total // 10), self.started
+
+    def tick(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.done == self.total or self.done % self.step == 0 or now - self.last_logged > 10:
+            rate = self.done / max(now - self.started, 1e-9)
+            logger.info("  read %d/%d files (%.0f%%), %.0f files/s", self.done, self.total,
+                        100 * self.done / self.total, rate)  # fmt: skip
+            self.last_logged = now
+
+
+def _quarantine(files: pd.DataFrame, where: pd.Series, reason: str, detail: pd.Series | str) -> pd.DataFrame:
+    files = files.copy()
+    files.loc[where, "status"] = "quarantined"
+    files.loc[where, "reason"] = reason
+    files.loc[where, "detail"] = detail if isinstance(detail, str) else detail[where]
+    return files
+
+
+def _usable_originals(files: pd.DataFrame) -> pd.Series:
+    return (files["status"] == "ok") & (files["folder"] == ORIGINAL_DIR)
+
+
+def quarantine_conflicting_duplicates(files: pd.DataFrame) -> pd.DataFrame:
+    """Quarantine every copy of an image whose identical bytes carry two or more different labels.
+
+    Neither label can be trusted, so both sides go. Only Originals count: Segmented copies are
+    derived images whose emptiest versions (an all-black mask) are byte-identical across classes.
+    """
+    originals = files[_usable_originals(files)]
+    labels_per_hash = originals.groupby("sha256")["label"].agg(lambda labels: sorted(set(labels)))
+    conflicting = labels_per_hash[labels_per_hash.map(len) > 1]
+    where = _usable_originals(files) & files["sha256"].isin(conflicting.index)
+    detail = files["sha256"].map(lambda digest: f"labels {', '.join(conflicting.get(digest, []))}")
+    return _quarantine(files, where, CONFLICTING_LABELS, detail)
+
+
+def pair_segmented_copies(files: pd.DataFrame) -> pd.DataFrame:
+    """Link each Original to its Segmented copy of the same class and name, in a `counterpart` column.
+
+    A Segmented file with no Original is quarantined, and so is the Segmented copy of a quarantined
+    Original: it is the same picture, so it cannot be trusted or split apart from it.
+    """
+    files = files.copy()
+    key = files["label"].astype("string") + "/" + files["path"].map(lambda path: PurePosixPath(path).name)
+    originals = files["folder"] == ORIGINAL_DIR
+    segmented = files["folder"] == SEGMENTED_DIR
+    original_by_key = pd.Series(files.loc[originals, "path"].values, index=key[originals])
+    segmented_by_key = pd.Series(files.loc[segmented, "path"].values, index=key[segmented])
+    counterpart = key.map(segmented_by_key).where(originals, key.map(original_by_key))
+    files["counterpart"] = counterpart.where(originals | segmented).astype("string")
+
+    status_by_path = files.set_index("path")["status"]
+    counterpart_status = files["counterpart"].map(status_by_path)
+    orphan = segmented & (files["status"] == "ok") & files["counterpart"].isna()
+    files = _quarantine(files, orphan, NO_ORIGINAL, "no Original image of the same class and name")
+    twin_quarantined = segmented & (files["status"] == "ok") & (counterpart_status == "quarantined")
+    return _quarantine(files, twin_quarantined, ORIGINAL_QUARANTINED, files["counterpart"])
+
+
+def group_duplicates(files: pd.DataFrame, near_duplicate_max_bits: int) -> pd.DataFrame:
+    """Give each usable Original a duplicate `group`: byte-identical or perceptually near images share one.
+
+    Near duplicates are images whose 64-bit perceptual hashes differ in at most `near_duplicate_max_bits`
+    bits (re-encoded, resized or slightly recoloured copies); byte-identical files differ in none.
+    Groups are closed transitively, numbered from 0 in path order, and `duplicate_kind` says `exact`
+    (all members byte-identical), `near` or `unique`. Segmented copies take their Original's group.
+    """
+    usable = files[_usable_originals(files)].sort_values("path")
+    hashes = np.array([int(value, 16) for value in usable["phash"]], dtype=np.uint64)
+    first, second = near_pairs(hashes, near_duplicate_max_bits)
+    links = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(usable), len(usable)))
+    _, components = connected_components(links, directed=False)
+    # Renumber so group ids follow path order, whatever order the components came in.
+    group = pd.Series(components, index=usable.index).map(
+        {component: number for number, component in enumerate(dict.fromkeys(components))}
+    )
+    sizes = group.map(group.value_counts())
+    single_bytes = usable.groupby(group)["sha256"].transform("nunique") == 1
+    kind = np.where(sizes == 1, "unique", np.where(single_bytes, "exact", "near"))
+    files = files.copy()
+    files["group"] = pd.Series(pd.NA, index=files.index, dtype="Int64")
+    files["duplicate_kind"] = pd.Series(pd.NA, index=files.index, dtype="string")
+    files.loc[usable.index, "group"] = group
+    files.loc[usable.index, "duplicate_kind"] = kind
+    return _inherit_from_originals(files, ["group", "duplicate_kind"])
+
+
+def _inherit_from_originals(files: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Copy columns from each usable Original onto its usable Segmented copy."""
+    by_path = files.set_index("path")[columns]
+    copies = (files["folder"] == SEGMENTED_DIR) & (files["status"] == "ok")
+    for column in columns:
+        files.loc[copies, column] = files.loc[copies, "counterpart"].map(by_path[column]).to_numpy()
+    return files
+
+
+def assign_splits(files: pd.DataFrame, split: dict[str, Any]) -> pd.DataFrame:
+    """Split usable images into train/val/test per class, whole duplicate groups on one side, seeded.
+
+    Each class gets `round(n * test_fraction)` test and `round(n * val_fraction)` validation images
+    of its `n` usable Originals, so each share is within half an image of the request unless a
+    duplicate group is too big to fit. Groups are placed in a seeded random order, largest first,
+    each into the split furthest below its target for the group's class; the rest train. A group
+    whose images carry different labels (a near duplicate relabelled) counts for its majority class.
+    Segmented copies follow their Original. Quarantined files get no split.
+    """
+    usable = files[_usable_originals(files)]
+    rng = np.random.default_rng(split["seed"])
+    groups = usable.groupby("group")["label"].agg(lambda labels: labels.mode().iloc[0]).rename("label")
+    sizes = usable.groupby("group").size().rename("size")
+    order = pd.concat([groups, sizes], axis=1)
+    order["draw"] = rng.permutation(len(order))
+    order = order.sort_values(["size", "draw"], ascending=[False, True])
+
+    class_counts = usable["label"].value_counts()
+    targets = {
+        label: {
+            "test": round(count * split["test_fraction"]),
+            "val": round(count * split["val_fraction"]),
+        }
+        for label, count in class_counts.items()
+    }
+    placed = {label: {"test": 0, "val": 0} for label in targets}
+    split_of_group = {}
+    for group, (label, size) in order[["label", "size"]].iterrows():
+        room = {side: targets[label][side] - placed[label][side] for side in ("test", "val")}
+        fitting = [side for side in ("test", "val") if room[side] >= size]
+        side = max(fitting, key=lambda name: room[name]) if fitting else "train"
+        if side != "train":
+            placed[label][side] += size
+        split_of_group[group] = side
+
+    files = files.copy()
+    files["split"] = pd.Series(pd.NA, index=files.index, dtype="string")
+    files.loc[usable.index, "split"] = usable["group"].map(split_of_group)
+    return _inherit_from_originals(files, ["split"])
+
+
+MANIFEST_COLUMNS = [
+    "path", "label", "status", "reason", "sha256", "group", "split",
+    "folder", "detail", "counterpart", "duplicate_kind",
+    "size_bytes", "width", "height", "file_format", "file_mode", "phash",
+]  # fmt: skip
+
+
+def build_manifest(files: pd.DataFrame) -> pd.DataFrame:
+    """Order the file table into the manifest: contract columns first, one row per file, sorted by path."""
+    manifest = files.sort_values("path").reset_index(drop=True)[MANIFEST_COLUMNS]
+    for column in ("width", "height", "size_bytes", "group"):
+        manifest[column] = manifest[column].astype("Int64")
+    text_columns = [
+        column for column in MANIFEST_COLUMNS if column not in ("width", "height", "size_bytes", "group")
+    ]
+    return manifest.astype(dict.fromkeys(text_columns, "string"))
+
+
+def summarise_data_quality(manifest: pd.DataFrame, dataset: dict[str, Any], split: dict[str, Any]) -> dict:
+    """Counts per class and split, quarantined files by reason, duplicate groups and Segmented gaps.
+
+    Also logs a short table a person can read at the end of the run.
+    """
+    originals = manifest[(manifest["folder"] == ORIGINAL_DIR) & (manifest["status"] == "ok")]
+    per_class = pd.crosstab(originals["label"], originals["split"]).reindex(
+        index=[label for label in CLASSES if label in set(originals["label"])],
+        columns=list(SPLITS),
+        fill_value=0,
+    )
+    per_class["total"] = per_class.sum(axis=1)
+    quarantined = manifest[manifest["status"] == "quarantined"]
+    grouped = originals[originals["duplicate_kind"].isin(["exact", "near"])]
+    duplicate_groups = [
+        {
+            "group": int(group),
+            "kind": members["duplicate_kind"].iloc[0],
+            "split": members["split"].iloc[0],
+            "labels": sorted(set(members["label"])),
+            "paths": members["path"].tolist(),
+        }
+        for group, members in grouped.groupby("group")
+    ]
+    segmented = manifest[manifest["folder"] == SEGMENTED_DIR]
+    report = {
+        "dataset_root": str(dataset["root"]),
+        "files": {
+            "total": len(manifest),
+            "ok": int((manifest["status"] == "ok").sum()),
+            "quarantined": len(quarantined),
+        },
+        "images_per_class_and_split": {
+            label: row.to_dict() for label, row in per_class.astype(int).iterrows()
+        },
+        "split": {
+            "requested": {"test_fraction": split["test_fraction"], "val_fraction": split["val_fraction"]},
+            "seed": split["seed"],
+            "unit": "duplicate group of Original images; Segmented copies follow their Original",
+        },
+        "quarantined": {
+            "by_reason": quarantined["reason"].value_counts().sort_index().to_dict(),
+            "files": quarantined[["path", "reason", "detail"]].to_dict(orient="records"),
+        },
+        "duplicates": {
+            "exact_groups": sum(group["kind"] == "exact" for group in duplicate_groups),
+            "near_groups": sum(group["kind"] == "near" for group in duplicate_groups),
+            "images_in_groups": len(grouped),
+            "cross_label_groups": sum(len(group["labels"]) > 1 for group in duplicate_groups),
+            "groups": duplicate_groups,
+        },
+        "segmented": {
+            "present": bool(len(segmented)),
+            "paired_originals": int(originals["counterpart"].notna().sum()),
+            "originals_without_segmented": originals.loc[originals["counterpart"].isna(), "path"].tolist(),
+            "segmented_without_original": segmented.loc[segmented["reason"] == NO_ORIGINAL, "path"].tolist(),
+        },
+    }
+    _log_summary(report, per_class)
+    return _plain(report)
+
+
+def _log_summary(report: dict, per_class: pd.DataFrame) -> None:
+    files, duplicates = report["files"], report["duplicates"]
+    logger.info(
+        "Ingested %d files: %d ok, %d quarantined\n%s",
+        files["total"], files["ok"], files["quarantined"], per_class.to_string(),
+    )  # fmt: skip
+    for reason, count in report["quarantined"]["by_reason"].items():
+        logger.warning("  quarantined %d x %s", count, reason)
+    logger.info(
+        "Duplicate groups: %d exact, %d near (%d images, %d with conflicting labels); "
+        "%d Originals without a Segmented copy",
+        duplicates["exact_groups"], duplicates["near_groups"], duplicates["images_in_groups"],
+        duplicates["cross_label_groups"], len(report["segmented"]["originals_without_segmented"]),
+    )  # fmt: skip
+
+
+def _plain(value: Any) -> Any:
+    """Turn pandas/numpy scalars and missing values into what JSON can hold."""
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value

@@ -1,0 +1,58 @@
+"""Wires ingestion: scan the folder, settle labels and duplicates, split, report."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    assign_splits,
+    build_manifest,
+    group_duplicates,
+    pair_segmented_copies,
+    quarantine_conflicting_duplicates,
+    scan_image_folder,
+    summarise_data_quality,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                scan_image_folder,
+                inputs=["params:dataset", "params:ingestion"],
+                outputs="file_inventory",
+                name="scan_image_folder_node",
+            ),
+            Node(
+                quarantine_conflicting_duplicates,
+                inputs="file_inventory",
+                outputs="label_checked_files",
+                name="quarantine_conflicting_duplicates_node",
+            ),
+            Node(
+                pair_segmented_copies,
+                inputs="label_checked_files",
+                outputs="paired_files",
+                name="pair_segmented_copies_node",
+            ),
+            Node(
+                group_duplicates,
+                inputs=["paired_files", "params:ingestion.near_duplicate_max_bits"],
+                outputs="grouped_files",
+                name="group_duplicates_node",
+            ),
+            Node(
+                assign_splits,
+                inputs=["grouped_files", "params:split"],
+                outputs="split_files",
+                name="assign_splits_node",
+            ),
+            Node(build_manifest, inputs="split_files", outputs="manifest", name="build_manifest_node"),
+            Node(
+                summarise_data_quality,
+                inputs=["manifest", "params:dataset", "params:split"],
+                outputs="data_quality",
+                name="summarise_data_quality_node",
+            ),
+        ],
+        tags="ingestion",
+    )

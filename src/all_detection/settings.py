@@ -1,0 +1,19 @@
+"""Project settings: Kedro's defaults, plus deep-merged parameters and the hooks in a known order."""
+
+from kedro_mlflow.framework.hooks import MlflowHook
+
+from all_detection.hooks import SyntheticDemoHooks
+
+# Hooks run last-in-first-out, so the demo set is written before kedro-mlflow opens its run: a demo
+# that cannot be written then leaves no half-open MLflow run behind. kedro-mlflow is therefore
+# registered here, once, instead of through its plugin entry point.
+HOOKS = (MlflowHook(), SyntheticDemoHooks())
+# The distribution name is spelt either way, depending on how the wheel was built.
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
+
+CONFIG_LOADER_ARGS = {
+    "base_env": "base",
+    "default_run_env": "local",
+    # An environment such as `demo` overrides single keys (`dataset.root`) without restating the rest.
+    "merge_strategy": {"parameters": "soft"},
+}

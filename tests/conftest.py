@@ -1,0 +1,35 @@
+"""Shared fixtures: a folder of defective files and a throwaway copy of the project's configuration."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.defects import write_defective_dataset
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def defective_dataset(tmp_path: Path) -> tuple[Path, dict[str, str | None]]:
+    root = tmp_path / "ALL"
+    return root, write_defective_dataset(root)
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the project's configuration in a temporary folder, made the working directory.
+
+    Runs write their data and MLflow store there, never into the developer's checkout.
+    """
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("pyproject.toml", ".telemetry"):
+        shutil.copy(PROJECT_ROOT / name, project)
+    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    (project / "src").mkdir()  # bootstrap_project wants it; the package itself comes installed
+    monkeypatch.chdir(project)
+    return project

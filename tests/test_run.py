@@ -1,0 +1,97 @@
+"""End to end, as users run it: a real KedroSession, real files on disk, a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+from all_detection.pipelines.ingestion.nodes import DatasetLayoutError
+
+SMALL_DEMO = {"demo": {"synthetic_dataset": {"per_class": 10, "image_size": 64, "seed": 42}}}
+
+
+def run_session(project: Path, env: str | None = None, pipeline: str = "ingestion", **params) -> None:
+    bootstrap_project(project)
+    with KedroSession.create(project_path=project, env=env, runtime_params=params or None) as session:
+        session.run(pipeline_names=[pipeline])
+
+
+def test_demo_environment_generates_its_dataset_and_ingests_it(project_copy: Path):
+    run_session(project_copy, env="demo", **SMALL_DEMO)
+
+    root = project_copy / "data/01_raw/demo_ALL"
+    assert sorted(path.name for path in (root / "Original").iterdir()) == ["Benign", "Early", "Pre", "Pro"]
+    manifest = pd.read_parquet(project_copy / "data/02_intermediate/manifest.parquet")
+    assert len(manifest) == 2 * 4 * 10
+    assert set(manifest["status"]) == {"ok"}
+    assert {"path", "label", "status", "reason", "sha256", "group", "split"} <= set(manifest.columns)
+    originals = manifest[manifest["folder"] == "Original"]
+    assert (originals.groupby("label")["split"].apply(lambda s: (s == "test").sum()) == 2).all()
+
+    quality = json.loads((project_copy / "data/08_reporting/data_quality.json").read_text())
+    assert quality["files"] == {"total": 80, "ok": 80, "quarantined": 0}
+    assert quality["images_per_class_and_split"]["Pro"] == {"train": 7, "val": 1, "test": 2, "total": 10}
+
+    client = mlflow.MlflowClient(f"sqlite:///{project_copy / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("all_detection")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["dataset.root"] == "data/01_raw/demo_ALL"
+    assert [artifact.path for artifact in client.list_artifacts(run.info.run_id, "reports")] == [
+        "reports/data_quality.json"
+    ]
+
+
+def test_demo_set_is_deterministic_and_not_rewritten(project_copy: Path):
+    run_session(project_copy, env="demo", **SMALL_DEMO)
+    image = project_copy / "data/01_raw/demo_ALL/Original/Pre/WBC-Malignant-Pre-003.jpg"
+    first_bytes, first_time = image.read_bytes(), image.stat().st_mtime_ns
+    run_session(project_copy, env="demo", **SMALL_DEMO)
+    assert image.stat().st_mtime_ns == first_time
+    (project_copy / "data/01_raw/demo_ALL.synthetic.json").unlink()
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        run_session(project_copy, env="demo", **SMALL_DEMO)
+    (project_copy / "data/01_raw/demo_ALL").rename(project_copy / "data/01_raw/elsewhere")
+    run_session(project_copy, env="demo", **SMALL_DEMO)
+    assert image.read_bytes() == first_bytes
+
+
+def test_ingestion_of_a_defective_folder_keeps_every_file_and_quarantines_only_bad_ones(
+    project_copy: Path, defective_dataset: tuple[Path, dict]
+):
+    root, expected = defective_dataset
+    run_session(project_copy, dataset={"root": str(root)})
+
+    manifest = pd.read_parquet(project_copy / "data/02_intermediate/manifest.parquet")
+    verdicts = {row.path: None if pd.isna(row.reason) else row.reason for row in manifest.itertuples()}
+    assert verdicts == expected
+    usable = manifest[(manifest["status"] == "ok") & (manifest["folder"] == "Original")]
+    assert usable.groupby("group")["split"].nunique().max() == 1
+
+
+def test_a_missing_dataset_root_stops_with_one_clear_error(project_copy: Path):
+    with pytest.raises(DatasetLayoutError, match="nowhere/ALL' does not exist"):
+        run_session(project_copy, dataset={"root": str(project_copy / "nowhere/ALL")})
+
+    kedro = Path(sys.executable).with_name("kedro")
+    result = subprocess.run(
+        [str(kedro), "run", "--pipeline", "ingestion", "--params", "dataset.root=nowhere/ALL"],
+        cwd=project_copy,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "Error: Dataset root 'nowhere/ALL' does not exist" in result.stderr
+    assert "Original/{Benign,Early,Pre,Pro}/*.jpg" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
