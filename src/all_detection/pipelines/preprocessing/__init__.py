@@ -1,0 +1,5 @@
+"""Preprocessing: HSV segmentation-aware model inputs per split, and agreement with the dataset's masks."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]
