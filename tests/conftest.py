@@ -31,5 +31,11 @@ def project_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
     (project / "src").mkdir()  # bootstrap_project wants it; the package itself comes installed
+    # MLflow caches one store per tracking URI in the process, so the relative sqlite:///mlflow.db would
+    # keep writing into the first test's project: pin each copy's store to its own absolute path.
+    mlflow_yml = project / "conf" / "base" / "mlflow.yml"
+    mlflow_yml.write_text(
+        mlflow_yml.read_text().replace("sqlite:///mlflow.db", f"sqlite:///{project}/mlflow.db")
+    )
     monkeypatch.chdir(project)
     return project

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from kedro.framework.session import KedroSession
@@ -49,6 +50,37 @@ def test_demo_environment_generates_its_dataset_and_ingests_it(project_copy: Pat
     assert [artifact.path for artifact in client.list_artifacts(run.info.run_id, "reports")] == [
         "reports/data_quality.json"
     ]
+
+
+def test_demo_default_pipeline_prepares_inputs_and_augments_only_training_images(project_copy: Path):
+    run_session(
+        project_copy, env="demo", pipeline="__default__", **SMALL_DEMO, preprocessing={"image_size": 32}
+    )
+
+    inputs = project_copy / "data/05_model_input"
+    split_ids = {}
+    for split, count in (("train", 28), ("val", 4), ("test", 8)):
+        images = np.load(inputs / f"{split}_images.npy", mmap_mode="r")
+        index = pd.read_parquet(inputs / f"{split}_index.parquet")
+        assert images.shape == (count, 32, 32, 3) and images.dtype == np.uint8
+        assert len(index) == count
+        split_ids[split] = set(index["image_id"])
+    views = np.load(inputs / "augmented_train_images.npy", mmap_mode="r")
+    view_index = pd.read_parquet(inputs / "augmented_train_index.parquet")
+    assert len(views) == len(view_index) == round(7 * 4.3) * 4
+    assert set(view_index["source_id"]) == split_ids["train"]
+    assert not set(view_index["source_id"]) & (split_ids["val"] | split_ids["test"])
+
+    quality = json.loads((project_copy / "data/08_reporting/data_quality.json").read_text())
+    assert quality["files"]["total"] == 80
+    assert set(quality["segmentation_agreement"]) == {"Benign", "Early", "Pre", "Pro"}
+    assert quality["segmentation_agreement"]["Early"]["dice_mean"] > 0.5
+
+    client = mlflow.MlflowClient(f"sqlite:///{project_copy / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("all_detection").experiment_id])
+    assert run.info.status == "FINISHED"
+    figures = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "figures")}
+    assert figures == {"figures/segmentation_examples.png", "figures/augmentation_examples.png"}
 
 
 def test_demo_set_is_deterministic_and_not_rewritten(project_copy: Path):

@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import stat
-import time
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,6 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from all_detection.image_io import UnusableImage, decode_rgb, near_pairs, perceptual_hash
 from all_detection.layout import CLASSES, IMAGE_FOLDERS, ORIGINAL_DIR, SEGMENTED_DIR
+from all_detection.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +91,11 @@ def scan_image_folder(dataset: dict[str, Any], ingestion: dict[str, Any]) -> pd.
     root = check_dataset_layout(dataset["root"])
     entries = sorted(_walk_without_following_links(root))
     logger.info("Ingesting %d files under %s", len(entries), root)
-    progress = _Progress(len(entries))
+    progress = Progress(logger, "read files", len(entries))
     records = []
     for relative in entries:
         records.append(_inspect_file(root, relative, ingestion))
-        progress.tick()
+        progress.advance()
     return pd.DataFrame.from_records(records, columns=_INVENTORY_COLUMNS)
 
 
@@ -161,23 +161,6 @@ def _inspect_file(root: Path, relative: PurePosixPath, ingestion: dict[str, Any]
                 )
     status = "ok" if reason is None else "quarantined"
     return {**record, "status": status, "reason": reason, "detail": detail}
-
-
-class _Progress:
-    """Log how far a long scan has got, about every tenth of the way and at least every 10 seconds."""
-
-    def __init__(self, total: int) -> None:
-        self.total, self.done, self.started = total, 0, time.monotonic()
-        self.step, self.last_logged = max(1, total // 10), self.started
-
-    def tick(self) -> None:
-        self.done += 1
-        now = time.monotonic()
-        if self.done == self.total or self.done % self.step == 0 or now - self.last_logged > 10:
-            rate = self.done / max(now - self.started, 1e-9)
-            logger.info("  read %d/%d files (%.0f%%), %.0f files/s", self.done, self.total,
-                        100 * self.done / self.total, rate)  # fmt: skip
-            self.last_logged = now
 
 
 def _quarantine(files: pd.DataFrame, where: pd.Series, reason: str, detail: pd.Series | str) -> pd.DataFrame:

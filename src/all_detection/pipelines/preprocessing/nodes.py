@@ -8,7 +8,6 @@ the manifest (decoding them with the same gate as ingestion); everything else is
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from matplotlib.figure import Figure
 
 from all_detection.image_io import decode_rgb
 from all_detection.layout import CLASSES, ORIGINAL_DIR
+from all_detection.progress import Progress
 from all_detection.segmentation import (
     blast_mask,
     dataset_mask,
@@ -86,7 +86,7 @@ def prepare_model_inputs(
     root = Path(dataset["root"])
     usable = manifest[(manifest["status"] == "ok") & (manifest["folder"] == ORIGINAL_DIR)]
     size, channels = preprocessing["image_size"], input_channels(preprocessing["input_mode"])
-    started, done, outputs = time.monotonic(), 0, []
+    progress, outputs = Progress(logger, "prepared images", len(usable)), []
     for split in SPLITS:
         rows = usable[usable["split"] == split].sort_values("path")
         stack = np.zeros((len(rows), size, size, channels), dtype=np.uint8)
@@ -95,11 +95,7 @@ def prepare_model_inputs(
             stack[position], mask = model_input(_read_rgb(root, path), preprocessing)
             boxes.append(stained_bounding_box(mask) or (-1, -1, -1, -1))
             fractions.append(float(mask.mean()))
-            done += 1
-            if done % 500 == 0:
-                logger.info(
-                    "  prepared %d/%d images (%.0f/s)", done, len(usable), done / (time.monotonic() - started)
-                )
+            progress.advance()
         index = pd.DataFrame(
             {
                 "image_id": rows["path"].to_numpy(),

@@ -1,0 +1,215 @@
+"""Augmentation: extra views of the training split only (Mishra et al.'s "selective" augmentation).
+
+Each view is a random geometric transform of one training image, stored as uint8 beside its source,
+so validation and test images are never transformed and never lend a transform to training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import keras
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from all_detection.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+# Each transform draws from its own seed, fixed by its slot here rather than by which transforms are
+# on, so switching colour jitter on leaves the geometric draws of every view as they were.
+_TRANSFORM_SLOTS = ("rotation", "shear", "zoom", "flip", "brightness", "contrast")
+
+# Images arrive and leave as uint8, so the colour layers clip to the same range the pixels live in.
+_PIXEL_RANGE = (0.0, 255.0)
+
+
+def build_augmenter(transforms: dict[str, Any], seed: int) -> keras.Sequential:
+    """The paper's random transforms as one stack of Keras preprocessing layers, in the order applied.
+
+    Rotation (`rotation_degrees`, either way), shear (`shear`, on both axes), zoom (`zoom`, in or out,
+    aspect kept), flips (`horizontal_flip`, `vertical_flip`), then, where their strength is above 0,
+    brightness and contrast jitter for staining differences. A transform of strength 0 (or a flip set
+    false) is left out, so with everything off the stack returns its input unchanged. Points mapped
+    from outside the frame are filled by `fill_mode`. Batches of float images in 0-255 of any channel
+    count go in and come out: each layer draws one set of parameters per image and applies it to all
+    channels alike, so the two halves of a 6-channel (dual) image get the same geometry and the same
+    brightness shift and contrast factor (contrast pulls each channel to its own mean). Only Keras 3
+    layers are used, so the stack also serves the online-training model, on any backend; call it with
+    `training=True`, since the layers pass images through untouched at inference.
+    """
+    seeds = dict(zip(_TRANSFORM_SLOTS, _independent_seeds(seed, len(_TRANSFORM_SLOTS)), strict=True))
+    fill_mode = transforms["fill_mode"]
+    flip_mode = {
+        (True, True): "horizontal_and_vertical",
+        (True, False): "horizontal",
+        (False, True): "vertical",
+    }.get((bool(transforms["horizontal_flip"]), bool(transforms["vertical_flip"])))
+    layers: list[keras.layers.Layer] = []
+    if transforms["rotation_degrees"]:
+        # Keras measures rotation in fractions of a full turn.
+        turn = transforms["rotation_degrees"] / 360
+        layers.append(keras.layers.RandomRotation(turn, fill_mode=fill_mode, seed=seeds["rotation"]))
+    if transforms["shear"]:
+        layers.append(
+            keras.layers.RandomShear(
+                x_factor=transforms["shear"],
+                y_factor=transforms["shear"],
+                fill_mode=fill_mode,
+                seed=seeds["shear"],
+            )
+        )
+    if transforms["zoom"]:
+        # Without a width factor the zoom keeps the aspect ratio, so round cells stay round.
+        layers.append(keras.layers.RandomZoom(transforms["zoom"], fill_mode=fill_mode, seed=seeds["zoom"]))
+    if flip_mode:
+        layers.append(keras.layers.RandomFlip(flip_mode, seed=seeds["flip"]))
+    if transforms["brightness"]:
+        layers.append(
+            keras.layers.RandomBrightness(
+                transforms["brightness"], value_range=_PIXEL_RANGE, seed=seeds["brightness"]
+            )
+        )
+    if transforms["contrast"]:
+        layers.append(
+            keras.layers.RandomContrast(
+                transforms["contrast"], value_range=_PIXEL_RANGE, seed=seeds["contrast"]
+            )
+        )
+    return keras.Sequential(layers or [keras.layers.Identity()], name="augmenter")
+
+
+def _independent_seeds(seed: int, count: int) -> list[int]:
+    # Neighbouring seeds (42, 43) must not share draws between layers, which seed + k would do.
+    return [int(state) % 2**31 for state in np.random.SeedSequence(seed).generate_state(count)]
+
+
+def count_views(labels: pd.Series, multiplier: dict[str, float], balance: bool, seed: int) -> np.ndarray:
+    """How many views each training image gets, the image itself (view 0) included, in the rows' order.
+
+    A class of n images with multiplier m ends with round(n * m) views exactly (halves round up): every
+    image gets floor(m) views and a seeded random choice of the remaining round(n * m) - n * floor(m)
+    images one more. With `balance`, m is replaced per class so that every class ends with the same
+    total T = round(n_max * mean(m)), where n_max is the image count of the largest class and the mean
+    is over the multipliers of the classes present; class c then gets T / n_c per image, split the same
+    way. Every multiplier must be at least 1, since the source always stays in the set as view 0.
+    """
+    counts = labels.value_counts()
+    missing = sorted(set(counts.index) - set(multiplier))
+    if missing:
+        raise ValueError(f"augmentation.multiplier has no entry for training classes {missing}")
+    too_small = {label: multiplier[label] for label in counts.index if multiplier[label] < 1}
+    if too_small:
+        raise ValueError(f"augmentation.multiplier must be at least 1 (the source is view 0): {too_small}")
+    if balance:
+        mean_multiplier = np.mean([multiplier[label] for label in counts.index])
+        target = _round_half_up(counts.max() * mean_multiplier)
+        totals = {label: target for label in counts.index}
+    else:
+        totals = {label: _round_half_up(n * multiplier[label]) for label, n in counts.items()}
+    rng = np.random.default_rng(seed)
+    views = np.zeros(len(labels), dtype=np.int64)
+    for label in sorted(totals):
+        rows = np.flatnonzero((labels == label).to_numpy())
+        whole, extra = divmod(totals[label], len(rows))
+        views[rows] = whole
+        views[rng.choice(rows, size=extra, replace=False)] += 1
+    return views
+
+
+def _round_half_up(value: float) -> int:
+    # A small tolerance, so that 5 * 4.3 = 21.499999999999996 counts as the 21.5 it stands for.
+    return math.floor(value + 0.5 + 1e-9)
+
+
+def augment_training_split(
+    train_images: np.ndarray, train_index: pd.DataFrame, augmentation: dict[str, Any], seed: int
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Every training image followed by its random views, as one uint8 stack and an index of its rows.
+
+    The number of views per image follows `count_views` (`augmentation.multiplier` and `balance`).
+    View 0 is the source image unchanged; views 1.. pass through `build_augmenter` in batches of
+    `augmentation.batch_size`, rounded and clipped back to uint8, so no float copy of the whole set is
+    ever held and a memory-mapped input is read a batch at a time. The same seed, batch size and Keras
+    backend give byte-identical views (each backend has its own random streams). Index columns:
+    `view_id` (`<image_id>#<view>`), `source_id`, `label`, `label_index`, `group` and `view`.
+    """
+    if len(train_images) != len(train_index):
+        raise ValueError(f"{len(train_images)} training images but {len(train_index)} index rows")
+    multiplier, balance = augmentation["multiplier"], augmentation["balance"]
+    views_per_image = count_views(train_index["label"], multiplier, balance, seed)
+    source_rows = np.repeat(np.arange(len(train_index)), views_per_image)
+    first_rows = np.cumsum(views_per_image) - views_per_image
+    view = np.arange(len(source_rows)) - np.repeat(first_rows, views_per_image)
+
+    augmented_views = np.empty((len(source_rows), *train_images.shape[1:]), dtype=np.uint8)
+    batch_size = augmentation["batch_size"]
+    originals = np.flatnonzero(view == 0)
+    for start in range(0, len(originals), batch_size):
+        rows = originals[start : start + batch_size]
+        augmented_views[rows] = train_images[source_rows[rows]]
+
+    augmenter = build_augmenter(augmentation["transforms"], seed)
+    transformed = np.flatnonzero(view > 0)
+    logger.info(
+        "Augmenting %d training images into %d views (%d transformed)",
+        len(train_index), len(source_rows), len(transformed),
+    )  # fmt: skip
+    progress = Progress(logger, "transformed views", len(transformed))
+    for start in range(0, len(transformed), batch_size):
+        rows = transformed[start : start + batch_size]
+        batch = np.asarray(train_images[source_rows[rows]], dtype=np.float32)
+        views = keras.ops.clip(keras.ops.round(augmenter(batch, training=True)), *_PIXEL_RANGE)
+        augmented_views[rows] = keras.ops.convert_to_numpy(keras.ops.cast(views, "uint8"))
+        progress.advance(len(rows))
+
+    sources = train_index.iloc[source_rows].reset_index(drop=True)
+    augmented_index = pd.DataFrame(
+        {
+            "view_id": sources["image_id"].astype(str) + "#" + pd.Series(view).astype(str),
+            "source_id": sources["image_id"],
+            "label": sources["label"],
+            "label_index": sources["label_index"],
+            "group": sources["group"],
+            "view": view,
+        }
+    )
+    return augmented_views, augmented_index
+
+
+def plot_augmentation_examples(
+    augmented_train_images: np.ndarray, augmented_train_index: pd.DataFrame, examples_per_class: int
+) -> Figure:
+    """One row per class: a source image, then up to `examples_per_class` of its random views.
+
+    The source shown is the class's first with the most views. Of a 6-channel (dual) stack the
+    original half (channels 0-2) is shown; of a stack with fewer than 3 channels, the first in grey.
+    """
+    labels = list(dict.fromkeys(augmented_train_index["label"]))
+    columns = 1 + examples_per_class
+    figure, axes = plt.subplots(
+        len(labels), columns, figsize=(1.8 * columns, 1.9 * len(labels)), squeeze=False
+    )
+    for axes_row, label in zip(axes, labels, strict=True):
+        of_class = augmented_train_index[augmented_train_index["label"] == label]
+        source_id = of_class.groupby("source_id", sort=False).size().idxmax()
+        rows = np.flatnonzero((augmented_train_index["source_id"] == source_id).to_numpy())[:columns]
+        for ax in axes_row:
+            ax.set_axis_off()
+        for ax, row in zip(axes_row, rows, strict=False):
+            image = np.asarray(augmented_train_images[row])
+            shown = image[..., :3] if image.shape[-1] >= 3 else image[..., 0]
+            ax.imshow(shown, cmap=None if shown.ndim == 3 else "gray", vmin=0, vmax=255)
+            view = int(augmented_train_index["view"].iloc[row])
+            ax.set_title("source" if view == 0 else f"view {view}", fontsize=8)
+        axes_row[0].text(
+            -0.08, 0.5, label, transform=axes_row[0].transAxes, rotation=90,
+            ha="right", va="center", fontsize=10,
+        )  # fmt: skip
+    figure.suptitle("Training images and their random views", fontsize=10)
+    figure.tight_layout()
+    return figure
