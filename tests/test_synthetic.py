@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from all_detection.layout import CLASSES, FILE_PREFIXES, ORIGINAL_DIR, SEGMENTED_DIR
+from all_detection.segmentation import AUTHORS_RECIPE, blast_mask
 from all_detection.synthetic import (
-    _authors_hsv_mask,
     render_smear,
     segment_like_dataset,
     write_synthetic_dataset,
@@ -49,20 +49,20 @@ def test_render_smear_is_deterministic_in_its_generator() -> None:
 
 def test_authors_threshold_keeps_violet_and_drops_red_cells_and_pink() -> None:
     colours = np.array([[[130, 90, 240], [200, 205, 230], [250, 253, 250], [220, 170, 240]]], np.uint8)
-    np.testing.assert_array_equal(_authors_hsv_mask(colours)[0], [True, False, False, False])
+    np.testing.assert_array_equal(blast_mask(colours, AUTHORS_RECIPE)[0], [True, False, False, False])
 
 
 @pytest.mark.parametrize("label", ["Benign", "Early", "Pre"])
 def test_authors_threshold_finds_the_lymphoid_cells(label: str) -> None:
     images, cell_masks = zip(*smears(label, 8), strict=True)
-    found = np.stack([_authors_hsv_mask(image) for image in images])
+    found = np.stack([blast_mask(image, AUTHORS_RECIPE) for image in images])
     cells = np.stack(cell_masks)
     assert found[cells].mean() > 0.6  # most of each cell, nucleus and cytoplasm
     assert found[~cells].mean() < 0.01  # hardly any red cell or background
 
 
 def test_authors_threshold_finds_almost_nothing_in_pink_pro_smears() -> None:
-    found = np.stack([_authors_hsv_mask(image) for image, _ in smears("Pro", 8)])
+    found = np.stack([blast_mask(image, AUTHORS_RECIPE) for image, _ in smears("Pro", 8)])
     assert found.mean() < 0.02  # the real Pro files average under 1%, the other classes 5-15%
 
 
@@ -113,7 +113,7 @@ def test_write_synthetic_dataset_saves_colours_the_right_way_round(tmp_path: Pat
     segmented = np.asarray(Image.open(tmp_path / SEGMENTED_DIR / "Early" / name), dtype=float)
     # saved as RGB: JPEG loss alone is far smaller than the error a red-blue mix-up would make
     assert np.abs(original - image).mean() < 0.5 * np.abs(original - image[..., ::-1]).mean()
-    violet = cell_mask & _authors_hsv_mask(image)
+    violet = cell_mask & blast_mask(image, AUTHORS_RECIPE)
     red, blue = segmented[violet].mean(0)[[0, 2]]
     assert red > blue  # the authors' swap makes violet cells pink on black
     assert segmented[~cell_mask].mean() < 20

@@ -19,6 +19,12 @@ from scipy import ndimage
 
 CHANNEL_ORDERS = ("rgb", "bgr_as_rgb")
 
+#: The dataset authors' published recipe, quirk included, as `blast_mask` parameters.
+AUTHORS_RECIPE: dict[str, Any] = {
+    "channel_order": "bgr_as_rgb",
+    "hsv_ranges": [[[168, 50, 50], [182, 255, 255]]],
+}
+
 
 def blast_mask(rgb: np.ndarray, segmentation: dict[str, Any]) -> np.ndarray:
     """Boolean mask of the stained (purple) cells of an RGB uint8 image, by HSV thresholds.

@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from all_detection.layout import CLASSES, FILE_PREFIXES, ORIGINAL_DIR, SEGMENTED_DIR
+from all_detection.segmentation import AUTHORS_RECIPE, blast_mask
 
 _SUBPIXEL_BITS = 4  # cv2 draws at fixed-point coordinates; sub-pixel precision keeps small images smooth
 
@@ -212,14 +213,6 @@ def render_smear(label: str, rng: np.random.Generator, size: int = 224) -> tuple
     return _with_scale_label(np.clip(image, 0, 255).round().astype(np.uint8), rng), cell_mask
 
 
-def _authors_hsv_mask(rgb: np.ndarray) -> np.ndarray:
-    """The dataset authors' threshold, quirk included: they read BGR with OpenCV, then converted it as if it
-    were RGB, so their hue 168-182 is a blue-violet of about 241-265 degrees in true colour."""
-    bgr = np.ascontiguousarray(rgb[..., ::-1])
-    hsv = cv2.cvtColor(bgr, cv2.COLOR_RGB2HSV)
-    return cv2.inRange(hsv, (168, 50, 50), (182, 255, 255)) > 0
-
-
 def segment_like_dataset(image: np.ndarray, cell_mask: np.ndarray) -> np.ndarray:
     """The dataset-style Segmented copy of an RGB image: red and blue swapped inside `cell_mask`, black
     elsewhere, as in the authors' saved files. Given the ground-truth mask it is an ideal copy; given the
@@ -239,7 +232,7 @@ def write_synthetic_dataset(
             (root / folder / label).mkdir(parents=True, exist_ok=True)
         for number in range(1, per_class + 1):
             image, _ = render_smear(label, np.random.default_rng([seed, class_index, number]), image_size)
-            segmented = segment_like_dataset(image, _authors_hsv_mask(image))
+            segmented = segment_like_dataset(image, blast_mask(image, AUTHORS_RECIPE))
             name = f"{FILE_PREFIXES[label]}-{number:03d}.jpg"
             Image.fromarray(image).save(root / ORIGINAL_DIR / label / name, quality=jpeg_quality)
             Image.fromarray(segmented).save(root / SEGMENTED_DIR / label / name, quality=jpeg_quality)

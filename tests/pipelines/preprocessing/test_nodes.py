@@ -19,6 +19,7 @@ from all_detection.pipelines.preprocessing.nodes import (
     prepare_model_inputs,
 )
 from all_detection.segmentation import (
+    AUTHORS_RECIPE,
     blast_mask,
     clean_mask,
     dataset_mask,
@@ -32,7 +33,6 @@ from tests.pipelines.ingestion.test_nodes import ingest
 
 CONF = Path(__file__).resolve().parents[3] / "conf/base/parameters_preprocessing.yml"
 PREPROCESSING = yaml.safe_load(CONF.read_text())["preprocessing"]
-AUTHORS = {"channel_order": "bgr_as_rgb", "hsv_ranges": [[[168, 50, 50], [182, 255, 255]]]}
 
 SLIDE = (232, 232, 246)  # pale blue-grey background
 BLAST = (118, 72, 196)  # violet nucleus
@@ -55,7 +55,7 @@ def smear(size: int = 48) -> tuple[np.ndarray, np.ndarray]:
 
 def test_a_purple_disc_on_a_pale_background_is_isolated():
     image, blast = smear()
-    for segmentation in (PREPROCESSING["segmentation"], AUTHORS):
+    for segmentation in (PREPROCESSING["segmentation"], AUTHORS_RECIPE):
         assert (blast_mask(image, segmentation) == blast).all()
 
 
@@ -63,7 +63,7 @@ def test_the_authors_quirk_equals_the_corrected_band_over_all_colours():
     levels = np.arange(0, 256, 3)
     every_colour = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(1, -1, 3)
     every_colour = every_colour.astype(np.uint8)
-    quirk = blast_mask(every_colour, AUTHORS)
+    quirk = blast_mask(every_colour, AUTHORS_RECIPE)
     true_colour_band = {"channel_order": "rgb", "hsv_ranges": [[[121, 50, 50], [132, 255, 255]]]}
     corrected = blast_mask(every_colour, true_colour_band)
     assert quirk.sum() > 1000
@@ -158,7 +158,9 @@ def test_split_stacks_align_with_their_index_and_never_share_an_image(synthetic_
     assert (stacks[0][0] == expected).all()
 
 
-@pytest.mark.parametrize("segmentation", [AUTHORS, PREPROCESSING["segmentation"]], ids=["authors", "default"])
+@pytest.mark.parametrize(
+    "segmentation", [AUTHORS_RECIPE, PREPROCESSING["segmentation"]], ids=["authors", "default"]
+)
 def test_segmentation_agreement_with_the_synthetic_sets_own_masks(synthetic_set, segmentation):
     root, manifest = synthetic_set
     preprocessing = {**PREPROCESSING, "segmentation": segmentation}
