@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from kedro_datasets.tensorflow import TensorFlowModelDataset
 
 from all_detection.pipelines.ingestion.nodes import DatasetLayoutError
 
@@ -52,7 +53,7 @@ def test_demo_environment_generates_its_dataset_and_ingests_it(project_copy: Pat
     ]
 
 
-def test_demo_default_pipeline_prepares_inputs_and_augments_only_training_images(project_copy: Path):
+def test_demo_default_pipeline_prepares_augments_and_trains(project_copy: Path):
     run_session(
         project_copy, env="demo", pipeline="__default__", **SMALL_DEMO, preprocessing={"image_size": 32}
     )
@@ -81,6 +82,20 @@ def test_demo_default_pipeline_prepares_inputs_and_augments_only_training_images
     assert run.info.status == "FINISHED"
     figures = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "figures")}
     assert figures == {"figures/segmentation_examples.png", "figures/augmentation_examples.png"}
+    reports = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "reports")}
+    assert {"reports/training_history.csv", "reports/training_summary.json"} <= reports
+
+    # Without weights the demo trains from a random base and says so, loudly, in the run's record.
+    summary = json.loads((project_copy / "data/08_reporting/training_summary.json").read_text())
+    assert summary["base_weights"]["used"] == "None"
+    assert "Falling back to random initialisation" in summary["base_weights"]["warning"]
+    assert summary["feature_cache"]["images"] == len(views) + 4 + 8
+    history = pd.read_csv(project_copy / "data/08_reporting/training_history.csv")
+    assert len(history) == summary["epochs_run"] and history["epoch"].tolist()[0] == 1
+    model = TensorFlowModelDataset(filepath=str(project_copy / "data/06_models/model.keras")).load()
+    probabilities = model.predict(np.load(inputs / "test_images.npy"), verbose=0)
+    assert probabilities.shape == (8, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
 
 
 def test_demo_set_is_deterministic_and_not_rewritten(project_copy: Path):

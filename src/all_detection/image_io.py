@@ -57,7 +57,7 @@ def decode_rgb(data: bytes, *, min_side: int = 32, max_pixels: int = 40_000_000)
             raise UnusableImage(NOT_AN_IMAGE, "no known image format in its content") from None
         except Image.DecompressionBombError as error:
             raise UnusableImage(DECOMPRESSION_BOMB, str(error)) from None
-        except Exception as error:
+        except Exception as error:  # a malformed header can raise anything a Pillow plugin knows
             raise UnusableImage(_decode_failure(error), f"header: {error}") from None
         width, height = image.size
         if width * height > max_pixels:
@@ -68,7 +68,7 @@ def decode_rgb(data: bytes, *, min_side: int = 32, max_pixels: int = 40_000_000)
         try:
             image.load()
             image = ImageOps.exif_transpose(image)
-        except Exception as error:
+        except Exception as error:  # decoders raise OSError, SyntaxError, struct.error, ValueError...
             raise UnusableImage(_decode_failure(error), f"{file_format}: {error}") from None
     if min(width, height) < min_side:
         raise UnusableImage(TOO_SMALL, f"{width}x{height} px, minimum {min_side} px a side")

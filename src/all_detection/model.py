@@ -1,0 +1,188 @@
+"""The paper's network: a frozen ImageNet VGG16 base, then a small convolutional head, in Keras 3 only.
+
+Nothing here calls TensorFlow directly, so the same model runs under `KERAS_BACKEND=jax`. The saved
+model takes images as stored by preprocessing (0-255, 3 or 6 channels) and returns class probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from all_detection.layout import CLASSES
+
+logger = logging.getLogger(__name__)
+
+# VGG16's ImageNet weights were trained on BGR images with these channel means subtracted ("caffe" mode).
+IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
+VGG16_BLOCKS = 5
+
+
+class BaseWeightsError(RuntimeError):
+    """The VGG16 base weights asked for cannot be had; the message says how to pass others."""
+
+
+@keras.saving.register_keras_serializable(package="all_detection")
+class InputScaling(keras.layers.Layer):
+    """0-255 RGB pixels to what the base expects: `imagenet` (BGR minus ImageNet means, what VGG16's
+    weights were trained on) or `unit` (the paper's rescale by 1/255)."""
+
+    def __init__(self, scaling: str = "imagenet", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if scaling not in ("imagenet", "unit"):
+            raise ValueError(f"model.input_scaling must be 'imagenet' or 'unit', not {scaling!r}")
+        self.scaling = scaling
+
+    def call(self, images):
+        if self.scaling == "unit":
+            return images / 255.0
+        return keras.ops.flip(images, axis=-1) - keras.ops.convert_to_tensor(
+            IMAGENET_BGR_MEANS, self.compute_dtype
+        )
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "scaling": self.scaling}
+
+
+@keras.saving.register_keras_serializable(package="all_detection")
+class ChannelHalf(keras.layers.Layer):
+    """One RGB half of a 6-channel dual image: `half` 0 is the original, 1 the segmented copy."""
+
+    def __init__(self, half: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.half = half
+
+    def call(self, images):
+        return images[..., 3 * self.half : 3 * self.half + 3]
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "half": self.half}
+
+
+def build_base(
+    image_size: int, base_weights: str | None, random_fallback: bool = False
+) -> tuple[keras.Model, dict]:
+    """ImageNet VGG16 without its top, frozen, with where its weights came from.
+
+    `base_weights` is `imagenet` (Keras downloads them once into ~/.keras), a path to a Keras VGG16
+    notop `.h5` file, or None for random initialisation. When the weights cannot be had, a
+    `BaseWeightsError` says how to pass others; with `random_fallback` (the demo environment only) the
+    base stays randomly initialised instead, with a loud warning that the returned provenance records.
+    """
+    provenance = {"requested": str(base_weights), "used": str(base_weights), "warning": None}
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(image_size, image_size, 3))
+    try:
+        _load_weights(base, base_weights)
+    except BaseWeightsError as error:
+        if not random_fallback:
+            raise
+        provenance.update(used="None", warning=f"{error} Falling back to random initialisation (demo only).")
+        logger.warning("%s\n%s\n%s", "!" * 72, provenance["warning"], "!" * 72)
+    base.trainable = False
+    return base, provenance
+
+
+_HOW_TO = (
+    'Pass a local copy with --params "model.base_weights=/path/to/'
+    'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", or "model.base_weights=null" to start from '
+    "random weights (far less accurate)."
+)
+
+
+def _load_weights(base: keras.Model, base_weights: str | None) -> None:
+    if base_weights in (None, "null", "None"):
+        return
+    if base_weights == "imagenet":
+        try:
+            # Downloads once into ~/.keras/models and reuses that copy afterwards.
+            path = keras.utils.get_file(
+                "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+                "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                cache_subdir="models",
+                file_hash="6d6bbae143d832006294945121d1f1fc",
+            )
+        except Exception as error:  # offline, proxy and TLS failures all look different
+            raise BaseWeightsError(
+                f"Could not download the ImageNet VGG16 weights ({error}). {_HOW_TO}"
+            ) from None
+    else:
+        path = Path(base_weights).expanduser()
+        if not path.is_file():
+            raise BaseWeightsError(f"VGG16 weights file '{path}' does not exist. {_HOW_TO}")
+    try:
+        base.load_weights(path)
+    except Exception as error:  # h5py and Keras raise many kinds for a wrong file
+        raise BaseWeightsError(
+            f"'{path}' is not a Keras VGG16 notop weights file ({type(error).__name__}: {error}). {_HOW_TO}"
+        ) from None
+
+
+def build_feature_extractor(base: keras.Model, channels: int, input_scaling: str) -> keras.Model:
+    """Images (0-255, 3 channels, or 6 for dual) to the frozen base's feature maps.
+
+    A dual image's two halves go through the same base and their feature maps are concatenated.
+    """
+    size = base.input_shape[1]
+    images = keras.Input((size, size, channels), name="images")
+    halves = [images] if channels == 3 else [ChannelHalf(half)(images) for half in (0, 1)]
+    features = [base(InputScaling(input_scaling)(half), training=False) for half in halves]
+    joined = features[0] if len(features) == 1 else keras.layers.Concatenate(name="dual_features")(features)
+    return keras.Model(images, joined, name="feature_extractor")
+
+
+def build_head(feature_shape: tuple[int, ...], head: dict[str, Any]) -> keras.Model:
+    """The paper's head: three 3x3 'same' ReLU convolutions each with 'same' max-pooling, flatten, two
+    dense blocks (Dense ReLU, BatchNorm, Dropout), and a softmax over the classes.
+
+    'same' pooling lets the 7x7 map of a 224 image survive three poolings (7, 4, 2, 1).
+    """
+    features = keras.Input(feature_shape, name="base_features")
+    x = features
+    for filters in head["conv_filters"]:
+        x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
+        x = keras.layers.MaxPooling2D(2, padding="same")(x)
+    x = keras.layers.Flatten()(x)
+    for units, dropout in zip(head["dense_units"], head["dropout"], strict=True):
+        x = keras.layers.Dense(units, activation="relu")(x)
+        x = keras.layers.BatchNormalization(momentum=head["batch_norm_momentum"])(x)
+        x = keras.layers.Dropout(dropout)(x)
+    # float32 probabilities even under mixed precision, so the loss stays stable.
+    probabilities = keras.layers.Dense(len(CLASSES), activation="softmax", dtype="float32", name="stage")(x)
+    return keras.Model(features, probabilities, name="head")
+
+
+def assemble_classifier(
+    feature_extractor: keras.Model, head: keras.Model, augmenter: keras.Model | None = None
+) -> keras.Model:
+    """Images to class probabilities: optional on-the-fly augmentation, the frozen base, the head."""
+    images = keras.Input(feature_extractor.input_shape[1:], name="images")
+    x = augmenter(images) if augmenter is not None else images
+    return keras.Model(images, head(feature_extractor(x)), name="all_classifier")
+
+
+def unfreeze_last_blocks(base: keras.Model, blocks: int) -> list[str]:
+    """Make the last `blocks` of VGG16's five convolutional blocks trainable; returns their layer names."""
+    if not 0 <= blocks <= VGG16_BLOCKS:
+        raise ValueError(f"training.fine_tune_blocks must be 0-{VGG16_BLOCKS}, not {blocks}")
+    chosen = {f"block{number}" for number in range(VGG16_BLOCKS - blocks + 1, VGG16_BLOCKS + 1)}
+    base.trainable = blocks > 0
+    names = []
+    for layer in base.layers:
+        layer.trainable = layer.name.split("_")[0] in chosen
+        if layer.trainable and layer.weights:
+            names.append(layer.name)
+    return names
+
+
+def base_gflop_per_image(image_size: int) -> float:
+    """VGG16 notop forward cost: 15.47 GFLOP at 224x224, scaling with the pixel count."""
+    return 15.47 * (image_size / 224) ** 2
+
+
+def one_hot(label_index: np.ndarray) -> np.ndarray:
+    return np.eye(len(CLASSES), dtype=np.float32)[np.asarray(label_index, dtype=np.int64)]

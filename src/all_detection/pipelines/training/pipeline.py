@@ -1,0 +1,45 @@
+"""Wires training: cache the frozen base's features once, then fit the head (or train online)."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import cache_base_features, train_classifier
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                cache_base_features,
+                inputs=[
+                    "augmented_train_images",
+                    "val_images",
+                    "test_images",
+                    "params:model",
+                    "params:training",
+                    "params:split.seed",
+                ],
+                outputs=["train_features", "val_features", "test_features", "feature_cache"],
+                name="cache_base_features_node",
+            ),
+            Node(
+                train_classifier,
+                inputs=[
+                    "train_features",
+                    "val_features",
+                    "augmented_train_index",
+                    "train_images",
+                    "train_index",
+                    "val_images",
+                    "val_index",
+                    "feature_cache",
+                    "params:model",
+                    "params:augmentation",
+                    "params:training",
+                    "params:split.seed",
+                ],
+                outputs=["model", "training_history", "training_summary"],
+                name="train_classifier_node",
+            ),
+        ],
+        tags="training",
+    )
