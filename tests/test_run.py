@@ -93,9 +93,27 @@ def test_demo_default_pipeline_prepares_augments_and_trains(project_copy: Path):
     history = pd.read_csv(project_copy / "data/08_reporting/training_history.csv")
     assert len(history) == summary["epochs_run"] and history["epoch"].tolist()[0] == 1
     model = TensorFlowModelDataset(filepath=str(project_copy / "data/06_models/model.keras")).load()
-    probabilities = model.predict(np.load(inputs / "test_images.npy"), verbose=0)
+    test_images = np.load(inputs / "test_images.npy").astype(np.float32)
+    probabilities = model.predict(test_images, verbose=0)
     assert probabilities.shape == (8, 4)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+
+    # The run says where and on what it ran, and registered the model it trained.
+    assert run.data.tags["environment"] == "demo"
+    assert run.data.tags["training_mode"] == "cached"
+    assert run.data.tags["device"].startswith(("CPU", "GPU"))
+    assert len(run.data.tags["git_commit"]) >= 7
+    assert run.data.params["data.files"] == "80" and run.data.params["data.test_images"] == "8"
+    assert len(run.data.params["data.manifest_sha256"]) == 64
+    registration = json.loads((project_copy / "data/08_reporting/model_registration.json").read_text())
+    assert registration["model_uri"] == "models:/all_detection/1"
+    assert registration["run_id"] == run.info.run_id
+    (version,) = client.search_model_versions("name='all_detection'")
+    assert version.run_id == run.info.run_id
+    mlflow.set_tracking_uri(f"sqlite:///{project_copy / 'mlflow.db'}")
+    served = mlflow.pyfunc.load_model("models:/all_detection/1").predict(test_images)
+    assert list(served.columns) == ["prob_Benign", "prob_Early", "prob_Pre", "prob_Pro"]
+    np.testing.assert_allclose(served.to_numpy(), probabilities, rtol=1e-4, atol=1e-6)
 
 
 def test_demo_set_is_deterministic_and_not_rewritten(project_copy: Path):
@@ -128,6 +146,9 @@ def test_ingestion_of_a_defective_folder_keeps_every_file_and_quarantines_only_b
 def test_a_missing_dataset_root_stops_with_one_clear_error(project_copy: Path):
     with pytest.raises(DatasetLayoutError, match="nowhere/ALL' does not exist"):
         run_session(project_copy, dataset={"root": str(project_copy / "nowhere/ALL")})
+    client = mlflow.MlflowClient(f"sqlite:///{project_copy / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("all_detection").experiment_id])
+    assert run.info.status == "FAILED"
 
     kedro = Path(sys.executable).with_name("kedro")
     result = subprocess.run(

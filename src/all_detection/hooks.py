@@ -1,13 +1,17 @@
-"""Kedro hooks: the `demo` environment writes its synthetic smear set before the pipeline reads it."""
+"""Kedro hooks: the demo set is written before a run reads it, and every MLflow run says what it ran on."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import pandas as pd
 from kedro.framework.hooks import hook_impl
 
 from all_detection.synthetic import write_synthetic_dataset
@@ -51,3 +55,69 @@ def ensure_synthetic_dataset(root: str | Path, recipe: dict[str, Any]) -> Path:
     write_synthetic_dataset(root, **recipe)
     marker.write_text(json.dumps(recipe, indent=2, sort_keys=True))
     return root
+
+
+class RunRecordHooks:
+    """Tag each MLflow run with where and how it ran, and log the data's provenance once it is known.
+
+    Tags: environment, pipelines, training and input modes, base weights asked for, git commit, device.
+    Once the manifest exists: its content hash and file counts, so two runs on different data never
+    look alike in the MLflow UI. Registered after kedro-mlflow's hook opens the run.
+    """
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if mlflow.active_run() is None:
+            return
+        from all_detection.pipelines.training.nodes import describe_device  # noqa: PLC0415 - imports Keras
+
+        parameters = catalog.load("parameters")
+        mlflow.set_tags(
+            {
+                "environment": run_params.get("env") or "local",
+                "pipelines": ",".join(run_params.get("pipeline_names") or ["__default__"]),
+                "training_mode": parameters["training"]["mode"],
+                "input_mode": parameters["preprocessing"]["input_mode"],
+                "base_weights": str(parameters["model"]["base_weights"]),
+                "git_commit": _git_commit(),
+                "device": describe_device(),
+            }
+        )
+
+    @hook_impl
+    def after_node_run(self, node: Any, catalog: Any, inputs: dict, outputs: dict, **kwargs: Any) -> None:
+        if "manifest" in outputs and mlflow.active_run() is not None:
+            mlflow.log_params(manifest_provenance(outputs["manifest"]))
+
+
+def manifest_provenance(manifest: pd.DataFrame) -> dict[str, Any]:
+    """A content hash of the manifest and its counts, as MLflow parameters (`data.*`)."""
+    rows = pd.util.hash_pandas_object(manifest[["path", "label", "status", "sha256", "split"]], index=False)
+    usable = manifest[(manifest["status"] == "ok") & (manifest["folder"] == "Original")]
+    return {
+        "data.manifest_sha256": hashlib.sha256(rows.to_numpy().tobytes()).hexdigest(),
+        "data.files": len(manifest),
+        "data.quarantined": int((manifest["status"] == "quarantined").sum()),
+        "data.usable_images": len(usable),
+        **{
+            f"data.{split}_images": int((usable["split"] == split).sum())
+            for split in ("train", "val", "test")
+        },
+    }
+
+
+def _git_commit() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit

@@ -5,9 +5,13 @@ from __future__ import annotations
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
+# Run only when asked for by name: inference scores a folder of new images (inference.input_dir).
+ON_DEMAND = frozenset({"inference"})
+
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register every pipeline under `pipelines/` and the default one that chains them all."""
+    """Every pipeline under `pipelines/`, and `__default__`: all of them but the on-demand ones, chained."""
     pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    chained = [pipeline for name, pipeline in pipelines.items() if name not in ON_DEMAND]
+    pipelines["__default__"] = sum(chained, Pipeline([]))
     return pipelines

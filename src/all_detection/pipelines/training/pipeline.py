@@ -1,6 +1,8 @@
-"""Wires training: cache the frozen base's features once, then fit the head (or train online)."""
+"""Wires training: cache the frozen base's features once, fit the head (or train online), register."""
 
 from kedro.pipeline import Node, Pipeline
+
+from all_detection.serving import register_model
 
 from .nodes import cache_base_features, train_classifier
 
@@ -39,6 +41,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["model", "training_history", "training_summary"],
                 name="train_classifier_node",
+            ),
+            Node(
+                register_model,
+                inputs=["model", "test_images"],
+                outputs="model_registration",
+                name="register_model_node",
             ),
         ],
         tags="training",

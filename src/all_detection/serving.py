@@ -1,0 +1,93 @@
+"""The trained model behind MLflow's pyfunc interface, and its registration as `all_detection`.
+
+`mlflow models serve -m models:/all_detection/<version> --env-manager local` then answers a batch of
+images at the trained size with the four class probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema, TensorSpec
+
+import all_detection
+from all_detection.layout import CLASSES
+
+logger = logging.getLogger(__name__)
+
+REGISTERED_NAME = "all_detection"
+PROBABILITY_COLUMNS = [f"prob_{label}" for label in CLASSES]
+
+
+class StageClassifier(mlflow.pyfunc.PythonModel):
+    """A batch of images (n, size, size, channels), 0-255, in; one probability column per class out."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        import all_detection.model  # noqa: F401, PLC0415 - registers the custom layers before loading
+
+        self.model = keras.models.load_model(context.artifacts["keras_model"], safe_mode=True)
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: np.ndarray | dict[str, np.ndarray],
+        params: dict | None = None,
+    ) -> pd.DataFrame:
+        if isinstance(model_input, dict):  # a named tensor, as the REST endpoint's "inputs" may send it
+            (model_input,) = model_input.values()
+        probabilities = self.model.predict(np.asarray(model_input, dtype=np.float32), verbose=0)
+        return pd.DataFrame(probabilities, columns=PROBABILITY_COLUMNS)
+
+
+def model_signature(image_size: int, channels: int) -> ModelSignature:
+    """Images of the trained size in, the four probabilities out."""
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, image_size, image_size, channels))])
+    outputs = Schema([ColSpec("float", column) for column in PROBABILITY_COLUMNS])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def register_model(model: keras.Model, test_images: np.ndarray) -> dict[str, Any]:
+    """Log the model to the active MLflow run as a pyfunc with signature and input example, and register it.
+
+    Each call adds a version of the registered model `all_detection`. The project's package travels
+    with the model (`code_paths`), so it loads wherever MLflow runs. kedro-mlflow's model dataset takes
+    its signature from static configuration, but the signature depends on the trained image size, so
+    this one step talks to MLflow directly. Without an active run (tracking disabled) nothing is logged.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        logger.warning("No active MLflow run: the model is saved to data/06_models but not registered")
+        return {"registered": False}
+    image_size, channels = model.input_shape[1], model.input_shape[-1]
+    with tempfile.TemporaryDirectory() as folder:
+        keras_file = Path(folder) / "model.keras"
+        model.save(keras_file)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=StageClassifier(),
+            artifacts={"keras_model": str(keras_file)},
+            code_paths=[str(Path(all_detection.__file__).parent)],
+            signature=model_signature(image_size, channels),
+            input_example=np.asarray(test_images[:2], dtype=np.float32),
+            registered_model_name=REGISTERED_NAME,
+        )
+    version = info.registered_model_version
+    logger.info("Registered %s version %s (%s)", REGISTERED_NAME, version, info.model_uri)
+    return {
+        "registered": True,
+        "name": REGISTERED_NAME,
+        "version": int(version) if version is not None else None,
+        "model_uri": f"models:/{REGISTERED_NAME}/{version}",
+        "run_id": run.info.run_id,
+        "logged_model_uri": info.model_uri,
+        "image_size": image_size,
+        "channels": channels,
+    }
