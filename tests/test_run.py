@@ -81,7 +81,10 @@ def test_demo_default_pipeline_prepares_augments_and_trains(project_copy: Path):
     (run,) = client.search_runs([client.get_experiment_by_name("all_detection").experiment_id])
     assert run.info.status == "FINISHED"
     figures = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "figures")}
-    assert figures == {"figures/segmentation_examples.png", "figures/augmentation_examples.png"}
+    assert {"figures/segmentation_examples.png", "figures/augmentation_examples.png"} <= figures
+    assert {
+        f"figures/{name}.png" for name in ("confusion_matrix", "roc_curves", "training_curves")
+    } <= figures
     reports = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "reports")}
     assert {"reports/training_history.csv", "reports/training_summary.json"} <= reports
 

@@ -30,6 +30,8 @@ def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.chdir(tmp_path)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
+    # Earlier runs in this process leave their experiment active; this store has its own.
+    mlflow.set_experiment("all_detection")
     base, _ = build_base(32, None)
     extractor = build_feature_extractor(base, 3, "imagenet")
     model = assemble_classifier(extractor, build_head(extractor.output_shape[1:], HEAD))

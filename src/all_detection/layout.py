@@ -16,3 +16,6 @@ FILE_PREFIXES: dict[str, str] = {
 ORIGINAL_DIR = "Original"
 SEGMENTED_DIR = "Segmented"
 IMAGE_FOLDERS: tuple[str, ...] = (ORIGINAL_DIR, SEGMENTED_DIR)
+
+#: One probability column per class, in `CLASSES` order, wherever predictions are written or served.
+PROBABILITY_COLUMNS: list[str] = [f"prob_{label}" for label in CLASSES]

@@ -19,12 +19,11 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import all_detection
-from all_detection.layout import CLASSES
+from all_detection.layout import PROBABILITY_COLUMNS
 
 logger = logging.getLogger(__name__)
 
 REGISTERED_NAME = "all_detection"
-PROBABILITY_COLUMNS = [f"prob_{label}" for label in CLASSES]
 
 
 class StageClassifier(mlflow.pyfunc.PythonModel):

@@ -89,23 +89,29 @@ def scan_image_folder(dataset: dict[str, Any], ingestion: dict[str, Any]) -> pd.
     The perceptual hash of each usable image is kept for near-duplicate grouping.
     """
     root = check_dataset_layout(dataset["root"])
-    entries = sorted(_walk_without_following_links(root))
+    entries = sorted(walk_without_following_links(root))
     logger.info("Ingesting %d files under %s", len(entries), root)
     progress = Progress(logger, "read files", len(entries))
     records = []
     for relative in entries:
-        records.append(_inspect_file(root, relative, ingestion))
+        parts = relative.parts
+        known_place = len(parts) == 3 and parts[0] in IMAGE_FOLDERS and parts[1] in CLASSES
+        place = {"folder": parts[0], "label": parts[1]} if known_place else {"folder": None, "label": None}
+        records.append({**inspect_file(root, relative, ingestion, known_place), **place})
         progress.advance()
     return pd.DataFrame.from_records(records, columns=_INVENTORY_COLUMNS)
 
 
-_INVENTORY_COLUMNS = [
-    "path", "folder", "label", "status", "reason", "detail", "sha256", "size_bytes",
+#: What `inspect_file` says about any file: its path, its verdict, and what its bytes hold.
+FILE_VERDICT_COLUMNS = [
+    "path", "status", "reason", "detail", "sha256", "size_bytes",
     "width", "height", "file_format", "file_mode", "phash",
 ]  # fmt: skip
 
+_INVENTORY_COLUMNS = ["path", "folder", "label", *FILE_VERDICT_COLUMNS[1:]]
 
-def _walk_without_following_links(root: Path) -> Iterator[PurePosixPath]:
+
+def walk_without_following_links(root: Path) -> Iterator[PurePosixPath]:
     """Yield every non-directory entry below root, relative, including links to folders (not entered)."""
     for folder, subfolders, files in os.walk(root, followlinks=False):
         here = Path(folder).relative_to(root)
@@ -114,14 +120,19 @@ def _walk_without_following_links(root: Path) -> Iterator[PurePosixPath]:
             yield PurePosixPath((here / name).as_posix())
 
 
-def _inspect_file(root: Path, relative: PurePosixPath, ingestion: dict[str, Any]) -> dict[str, Any]:
+def inspect_file(
+    root: Path, relative: PurePosixPath, limits: dict[str, Any], known_place: bool = True
+) -> dict[str, Any]:
+    """One file's verdict: `status`, `reason` and `detail`, its hash, size and, when usable, its image facts.
+
+    Links are never followed and fifos or devices never read; hidden and system files, files outside
+    a known place (ingestion's class-folder rule: pass `known_place=False`) and files over
+    `limits["max_file_mb"]` are quarantined before decoding; the rest are decoded in full by
+    `decode_rgb` with `limits["min_side_px"]` and `limits["max_pixels"]`. Keys are `FILE_VERDICT_COLUMNS`
+    (those that do not apply are left out).
+    """
     parts = relative.parts
-    known_place = len(parts) == 3 and parts[0] in IMAGE_FOLDERS and parts[1] in CLASSES
-    record: dict[str, Any] = {
-        "path": str(relative),
-        "folder": parts[0] if known_place else None,
-        "label": parts[1] if known_place else None,
-    }
+    record: dict[str, Any] = {"path": str(relative)}
     info = (root / relative).lstat()
     hidden = any(part.startswith(".") or part in SYSTEM_FILE_NAMES for part in parts)
     reason, detail = None, None
@@ -133,8 +144,8 @@ def _inspect_file(root: Path, relative: PurePosixPath, ingestion: dict[str, Any]
         reason = HIDDEN_OR_SYSTEM
     elif not known_place:
         reason, detail = OUTSIDE_CLASS_FOLDER, f"expected {ORIGINAL_DIR}|{SEGMENTED_DIR}/<class>/<file>"
-    elif info.st_size > ingestion["max_file_mb"] * 2**20:
-        reason, detail = FILE_TOO_LARGE, f"{info.st_size} bytes, limit {ingestion['max_file_mb']} MiB"
+    elif info.st_size > limits["max_file_mb"] * 2**20:
+        reason, detail = FILE_TOO_LARGE, f"{info.st_size} bytes, limit {limits['max_file_mb']} MiB"
     record["size_bytes"] = info.st_size
     # Reading a fifo or device would block or never end, and a link is never followed.
     if stat.S_ISREG(info.st_mode) and reason != FILE_TOO_LARGE:
@@ -145,9 +156,7 @@ def _inspect_file(root: Path, relative: PurePosixPath, ingestion: dict[str, Any]
         record["sha256"] = hashlib.sha256(data).hexdigest()
         if reason is None:
             try:
-                image = decode_rgb(
-                    data, min_side=ingestion["min_side_px"], max_pixels=ingestion["max_pixels"]
-                )
+                image = decode_rgb(data, min_side=limits["min_side_px"], max_pixels=limits["max_pixels"])
             except UnusableImage as unusable:
                 reason, detail = unusable.reason, unusable.detail
             else:

@@ -1,0 +1,514 @@
+"""Evaluation: the trained model's predictions on the validation and test splits, their metrics with
+bootstrap intervals, MLflow metric histories, a classification report and a model card.
+
+The figures are in `figures.py`. scikit-learn does the arithmetic; undefined metrics (a class absent
+from a split) are None, never NaN, so every result is valid JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    matthews_corrcoef,
+    multilabel_confusion_matrix,
+    precision_recall_fscore_support,
+    recall_score,
+    roc_auc_score,
+)
+
+from all_detection.layout import CLASSES, PROBABILITY_COLUMNS
+from all_detection.progress import Progress
+
+logger = logging.getLogger(__name__)
+
+#: One probability column per class in the prediction frames, in the model's output order.
+LABELS: list[int] = list(range(len(CLASSES)))
+BENIGN = CLASSES.index("Benign")
+DETECTION_POSITIVE = "malignant (Early, Pre or Pro)"
+HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds")
+# Enough for any metric on a few thousand images, short enough to read in metrics.json.
+DIGITS = 6
+
+
+def predict_split(
+    model: keras.Model, images: np.ndarray, index: pd.DataFrame, batch_size: int
+) -> pd.DataFrame:
+    """The model's class probabilities for every image of a split, one row per image in `index` order.
+
+    Images are read from the (memory-mapped) stack `batch_size` at a time, so only one batch is ever
+    held as float32. Columns: `image_id`, `label`, `label_index`, `predicted` and `predicted_index`
+    (the most probable class), `confidence` (its probability), `correct`, and `prob_<class>` per class.
+    """
+    if len(images) != len(index):
+        raise ValueError(f"{len(images)} images but {len(index)} index rows; they must match row for row")
+    probabilities = np.empty((len(images), len(CLASSES)), dtype=np.float64)
+    progress = Progress(logger, "predictions", len(images))
+    for start in range(0, len(images), batch_size):
+        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
+        probabilities[start : start + len(batch)] = keras.ops.convert_to_numpy(model(batch, training=False))
+        progress.advance(len(batch))
+    predicted = probabilities.argmax(axis=1)
+    label_index = index["label_index"].to_numpy(dtype=np.int64)
+    predictions = pd.DataFrame(
+        {
+            "image_id": index["image_id"].astype(str).to_numpy(),
+            "label": index["label"].astype(str).to_numpy(),
+            "label_index": label_index,
+            "predicted": np.asarray(CLASSES, dtype=object)[predicted],
+            "predicted_index": predicted,
+            "confidence": probabilities.max(axis=1, initial=0.0),
+            "correct": predicted == label_index,
+        }
+    )
+    return pd.concat([predictions, pd.DataFrame(probabilities, columns=PROBABILITY_COLUMNS)], axis=1)
+
+
+def _number(value: float) -> float | None:
+    """A metric rounded for the report, or None where it is undefined (NaN)."""
+    value = float(value)
+    return round(value, DIGITS) if np.isfinite(value) else None
+
+
+def _arrays(predictions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        predictions["label_index"].to_numpy(dtype=np.int64),
+        predictions["predicted_index"].to_numpy(dtype=np.int64),
+        predictions[PROBABILITY_COLUMNS].to_numpy(dtype=np.float64),
+    )
+
+
+def per_class_scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, dict[str, float | None]]:
+    """Precision, recall, F1, specificity and support of each class, one class against the rest.
+
+    A score whose denominator is empty (precision of a class never predicted, recall of a class absent
+    from the split, specificity when every image is of that class) is None.
+    """
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=LABELS, zero_division=np.nan
+    )
+    # Each class's [[tn, fp], [fn, tp]]: specificity is the recall of "not this class".
+    counts = multilabel_confusion_matrix(truth, predicted, labels=LABELS)
+    negatives = counts[:, 0, 0] + counts[:, 0, 1]
+    specificity = np.divide(counts[:, 0, 0], negatives, out=np.full(len(LABELS), np.nan), where=negatives > 0)
+    return {
+        label: {
+            "precision": _number(precision[k]),
+            "recall": _number(recall[k]),
+            "f1": _number(f1[k]),
+            "specificity": _number(specificity[k]),
+            "support": int(support[k]),
+        }
+        for k, label in enumerate(CLASSES)
+    }
+
+
+def one_vs_rest_auc(truth: np.ndarray, probabilities: np.ndarray) -> dict[str, float | None]:
+    """ROC AUC of each class's probability against the rest, and their mean as `macro`.
+
+    A class's AUC is None when the split lacks either its images or any other image; `macro` averages
+    the defined ones (the same as scikit-learn's one-vs-rest macro AUC when all classes are present).
+    """
+    aucs = {
+        label: _number(roc_auc_score(truth == k, probabilities[:, k]))
+        if 0 < np.sum(truth == k) < len(truth)
+        else None
+        for k, label in enumerate(CLASSES)
+    }
+    defined = [value for value in aucs.values() if value is not None]
+    return {**aucs, "macro": _number(np.mean(defined)) if defined else None}
+
+
+def calibration_bins(confidence: np.ndarray, correct: np.ndarray, bins: int) -> pd.DataFrame:
+    """Equal-width confidence bins over [0, 1], each (lower, upper], with the number of predictions in
+    it, their mean confidence and their accuracy (NaN in an empty bin)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.searchsorted(edges[1:-1], confidence, side="left")
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(which, weights=confidence, minlength=bins) / count
+        accuracy = np.bincount(which, weights=np.asarray(correct, dtype=np.float64), minlength=bins) / count
+    return pd.DataFrame(
+        {
+            "lower": edges[:-1],
+            "upper": edges[1:],
+            "count": count,
+            "confidence": mean_confidence,
+            "accuracy": accuracy,
+        }
+    )
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int) -> float:
+    """The count-weighted mean gap between accuracy and mean confidence over equal-width bins."""
+    table = calibration_bins(confidence, correct, bins)
+    filled = table[table["count"] > 0]
+    gaps = (filled["accuracy"] - filled["confidence"]).abs()
+    return float((filled["count"] * gaps).sum() / max(len(confidence), 1))
+
+
+def bootstrap_intervals(
+    truth: np.ndarray, predicted: np.ndarray, samples: int, level: float, seed: int
+) -> dict[str, Any]:
+    """Percentile bootstrap intervals of accuracy and macro F1, resampling images with replacement.
+
+    Both metrics are computed on the same resamples; the generator is seeded, so the same seed gives
+    the same intervals. The intervals say how much the numbers could move on another draw of images
+    like these, not how they would fare on other patients or hospitals.
+    """
+    rng = np.random.default_rng(seed)
+    accuracy, macro_f1 = np.empty(samples), np.empty(samples)
+    for sample in range(samples):
+        rows = rng.integers(0, len(truth), len(truth))
+        accuracy[sample] = accuracy_score(truth[rows], predicted[rows])
+        macro_f1[sample] = f1_score(truth[rows], predicted[rows], average="macro", zero_division=0)
+    tail = 100 * (1 - level) / 2
+    return {
+        "accuracy": [_number(value) for value in np.percentile(accuracy, [tail, 100 - tail])],
+        "macro_f1": [_number(value) for value in np.percentile(macro_f1, [tail, 100 - tail])],
+        "level": level,
+        "bootstrap_samples": samples,
+    }
+
+
+def detection_scores(truth: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Benign against any malignant stage: sensitivity and specificity of calling an image malignant,
+    with the four counts. A rate with no images to measure it on is None."""
+    malignant, called = truth != BENIGN, predicted != BENIGN
+    tn, fp, fn, tp = confusion_matrix(malignant, called, labels=[False, True]).ravel()
+    return {
+        "positive": DETECTION_POSITIVE,
+        "sensitivity": _number(recall_score(malignant, called, pos_label=True, zero_division=np.nan)),
+        "specificity": _number(recall_score(malignant, called, pos_label=False, zero_division=np.nan)),
+        "tp": int(tp),
+        "fn": int(fn),
+        "tn": int(tn),
+        "fp": int(fp),
+    }
+
+
+def evaluate_split(predictions: pd.DataFrame, evaluation: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Every metric of one split's predictions, ready for metrics.json.
+
+    Accuracy, per-class scores, macro and weighted F1 (over the classes present in truth or
+    predictions, scikit-learn's convention), Cohen's kappa, MCC, one-vs-rest ROC AUC, the confusion
+    matrix (counts and normalised by true class), the expected calibration error over
+    `evaluation.ece_bins` bins, bootstrap intervals (`bootstrap_samples`, `confidence_level`, seeded
+    with `seed`), benign-versus-malignant detection and `n`. An empty split gives only `n`: 0.
+    """
+    if predictions.empty:
+        return {"n": 0}
+    truth, predicted, probabilities = _arrays(predictions)
+    return {
+        "accuracy": _number(accuracy_score(truth, predicted)),
+        "per_class": per_class_scores(truth, predicted),
+        "macro_f1": _number(f1_score(truth, predicted, average="macro", zero_division=0)),
+        "weighted_f1": _number(f1_score(truth, predicted, average="weighted", zero_division=0)),
+        # Kappa is 0/0 when truth and predictions are one and the same single class.
+        "cohen_kappa": _number(cohen_kappa_score(truth, predicted, labels=LABELS)),
+        "mcc": _number(matthews_corrcoef(truth, predicted)),
+        "roc_auc": one_vs_rest_auc(truth, probabilities),
+        "confusion_matrix": {
+            "labels": list(CLASSES),
+            "counts": confusion_matrix(truth, predicted, labels=LABELS).tolist(),
+            # Rows of classes absent from the split are all zeros.
+            "normalized": [
+                [_number(value) for value in row]
+                for row in confusion_matrix(truth, predicted, labels=LABELS, normalize="true")
+            ],
+        },
+        "ece": _number(
+            expected_calibration_error(
+                predictions["confidence"].to_numpy(dtype=np.float64),
+                predictions["correct"].to_numpy(dtype=bool),
+                evaluation["ece_bins"],
+            )
+        ),
+        "confidence_intervals": bootstrap_intervals(
+            truth, predicted, evaluation["bootstrap_samples"], evaluation["confidence_level"], seed
+        ),
+        "detection": detection_scores(truth, predicted),
+        "n": len(predictions),
+    }
+
+
+def assemble_metrics(
+    val_metrics: dict[str, Any],
+    test_metrics: dict[str, Any],
+    training_summary: dict[str, Any],
+    data_quality: dict[str, Any],
+    preprocessing: dict[str, Any],
+) -> dict[str, Any]:
+    """metrics.json: the test and validation blocks and a `run` block saying what was evaluated (training
+    mode and epochs, base weights actually used, device, input mode and size, and the split sizes)."""
+    train_images = sum(
+        counts.get("train", 0) for counts in data_quality["images_per_class_and_split"].values()
+    )
+    return {
+        "test": test_metrics,
+        "val": val_metrics,
+        "run": {
+            "mode": training_summary["mode"],
+            "epochs_run": training_summary["epochs_run"],
+            "best_epoch": training_summary["best_epoch"],
+            "base_weights": training_summary["base_weights"]["used"],
+            "device": training_summary["device"],
+            "input_mode": preprocessing["input_mode"],
+            "image_size": preprocessing["image_size"],
+            "split_sizes": {"train": int(train_images), "val": val_metrics["n"], "test": test_metrics["n"]},
+        },
+    }
+
+
+def _get(block: dict[str, Any], *path: str | int) -> Any:
+    for key in path:
+        try:
+            block = block[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return block
+
+
+def to_mlflow_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, float | int]]:
+    """The headline numbers of metrics.json as `{name: {"value", "step": 0}}` for MLflow, named
+    `test_<metric>` and `validation_<metric>` (`test_accuracy`, `validation_f1_Benign`...), so they
+    never mix with the per-epoch `val_*` history Keras reports. Undefined values are left out."""
+    flat: dict[str, float | None] = {}
+    for split, name_prefix in (("test", "test"), ("val", "validation")):
+        block = metrics.get(split) or {}
+        named = {
+            "accuracy": ("accuracy",),
+            "macro_f1": ("macro_f1",),
+            "weighted_f1": ("weighted_f1",),
+            "kappa": ("cohen_kappa",),
+            "mcc": ("mcc",),
+            "roc_auc_macro": ("roc_auc", "macro"),
+            "ece": ("ece",),
+            "sensitivity": ("detection", "sensitivity"),
+            "specificity": ("detection", "specificity"),
+            "accuracy_ci_low": ("confidence_intervals", "accuracy", 0),
+            "accuracy_ci_high": ("confidence_intervals", "accuracy", 1),
+            "macro_f1_ci_low": ("confidence_intervals", "macro_f1", 0),
+            "macro_f1_ci_high": ("confidence_intervals", "macro_f1", 1),
+        }
+        for label in CLASSES:
+            for score in ("f1", "precision", "recall", "specificity"):
+                named[f"{score}_{label}"] = ("per_class", label, score)
+            named[f"roc_auc_{label}"] = ("roc_auc", label)
+        flat.update({f"{name_prefix}_{name}": _get(block, *path) for name, path in named.items()})
+    return {
+        name: {"value": float(value), "step": 0}
+        for name, value in flat.items()
+        if value is not None and np.isfinite(value)
+    }
+
+
+def history_to_mlflow_metrics(training_history: pd.DataFrame) -> dict[str, list[dict[str, float | int]]]:
+    """Each per-epoch column of the training history as an MLflow metric history, one step per epoch
+    (the step is the epoch number, so a fine-tuning phase continues where the head's training stopped)."""
+    return {
+        column: [
+            {"value": float(value), "step": int(epoch)}
+            for epoch, value in zip(training_history["epoch"], training_history[column], strict=True)
+            if np.isfinite(value)
+        ]
+        for column in HISTORY_METRICS
+        if column in training_history.columns
+    }
+
+
+def write_classification_report(val_predictions: pd.DataFrame, test_predictions: pd.DataFrame) -> str:
+    """scikit-learn's classification report of the test split, then of the validation split."""
+    sections = []
+    for title, predictions in (("Test split", test_predictions), ("Validation split", val_predictions)):
+        truth, predicted, _ = _arrays(predictions)
+        report = (
+            classification_report(
+                truth, predicted, labels=LABELS, target_names=list(CLASSES), digits=4, zero_division=0
+            )
+            if len(predictions)
+            else "(no images)\n"
+        )
+        sections.append(f"{title} ({len(predictions)} images)\n{'=' * 40}\n{report}")
+    return "\n".join(sections)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _interval(pair: list[float | None] | None) -> str:
+    return "n/a" if not pair or None in pair else f"{pair[0]:.3f} to {pair[1]:.3f}"
+
+
+def write_model_card(
+    metrics: dict[str, Any],
+    training_summary: dict[str, Any],
+    data_quality: dict[str, Any],
+    model: dict[str, Any],
+) -> str:
+    """A Markdown model card: intended use, data and provenance, split protocol, model, training, test
+    results with their bootstrap intervals, per-class scores, calibration, detection and limitations.
+
+    A dataset root with "demo" in its path is taken for the synthetic demo set and said to be one.
+    """
+    test, val, run = metrics["test"], metrics["val"], metrics["run"]
+    weights = training_summary["base_weights"]
+    split = data_quality.get("split", {})
+    requested = split.get("requested", {})
+    files = data_quality["files"]
+    root = str(data_quality.get("dataset_root", ""))
+    synthetic = "demo" in root.lower()
+    intervals = test.get("confidence_intervals", {})
+    level = round(100 * intervals.get("level", 0.95))
+    head = model.get("head", {})
+    lines = [
+        "# Model card: ALL Detection (frozen VGG16 with a small convolutional head)",
+        "",
+    ]
+    if synthetic:
+        lines += [
+            f"> **Synthetic data.** These results come from the synthetic demo set at `{root}`, not from "
+            "blood smears. They show that the pipeline runs; they say nothing about leukaemia detection.",
+            "",
+        ]
+    if weights.get("warning"):
+        lines += [f"> **Base weights fallback.** {weights['warning']}", ""]
+    lines += [
+        "## Intended use",
+        "",
+        "Research and teaching: staging Acute Lymphoblastic Leukaemia from peripheral blood smear images "
+        f"into {', '.join(CLASSES)} (Benign: hematogones; Early, Pre and Pro: the malignant B-ALL stages). "
+        "It is **not a diagnostic device** and must not be used to diagnose, stage or treat patients.",
+        "",
+        "## Data and provenance",
+        "",
+        "Dataset: Aria M, Ghaderzadeh M, Bashash D, Abolghasemi H, Asadi F, Hosseini A. *Acute "
+        "Lymphoblastic Leukemia (ALL) image dataset*. Kaggle, 2021. doi:10.34740/KAGGLE/DSV/2175623.",
+        "",
+        f"Dataset root for this run: `{root}`. Files found: {files['total']}, usable: {files['ok']}, "
+        f"quarantined: {files['quarantined']}"
+        + _reasons(data_quality.get("quarantined", {}).get("by_reason", {}))
+        + ".",
+        "",
+        "| class | train | val | test | total |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {label} | {counts.get('train', 0)} | {counts.get('val', 0)} | {counts.get('test', 0)} | "
+            f"{counts.get('total', 0)} |"
+            for label, counts in data_quality["images_per_class_and_split"].items()
+        ),
+        "",
+        "## Split protocol",
+        "",
+        "- The images were split into training, validation and test sets **before augmentation**; only the "
+        "training split was augmented, so no test image, nor a transform of one, was seen in training.",
+        "- Exact and near-duplicate images form groups that were **kept together** in one split "
+        f"({_get(data_quality, 'duplicates', 'exact_groups') or 0} exact and "
+        f"{_get(data_quality, 'duplicates', 'near_groups') or 0} near-duplicate groups).",
+        f"- **Stratified** by class, **seeded** (seed {split.get('seed', 'n/a')}), with fractions "
+        f"test {requested.get('test_fraction', 'n/a')} and validation {requested.get('val_fraction', 'n/a')} "
+        "of the usable images of each class.",
+        f"- Split sizes: {_sizes(run['split_sizes'])} images.",
+        "",
+        "## Model",
+        "",
+        f"- VGG16 convolutional base, **frozen**, weights requested `{weights.get('requested')}`, "
+        f"used `{weights.get('used')}`; input scaling `{model.get('input_scaling', 'n/a')}`.",
+        f"- Head: 3x3 convolutions {head.get('conv_filters', 'n/a')} with max-pooling, dense layers "
+        f"{head.get('dense_units', 'n/a')} with batch normalisation and dropout "
+        f"{head.get('dropout', 'n/a')}, softmax over {len(CLASSES)} classes.",
+        f"- Input: `{run['input_mode']}` images, {run['image_size']} x {run['image_size']} pixels.",
+        "",
+        "## Training",
+        "",
+        f"- Mode `{run['mode']}`, {run['epochs_run']} epochs run, weights of epoch {run['best_epoch']} "
+        f"(lowest validation loss) kept; device: {run['device']}.",
+        "",
+        f"## Test results ({test.get('n', 0)} images)",
+        "",
+        f"Intervals: {level}% percentile bootstrap over test images "
+        f"({intervals.get('bootstrap_samples', 'n/a')} resamples).",
+        "",
+        f"| metric | test | test {level}% interval | validation |",
+        "| --- | ---: | --- | ---: |",
+        f"| accuracy | {_fmt(test.get('accuracy'))} | {_interval(intervals.get('accuracy'))} | "
+        f"{_fmt(val.get('accuracy'))} |",
+        f"| macro F1 | {_fmt(test.get('macro_f1'))} | {_interval(intervals.get('macro_f1'))} | "
+        f"{_fmt(val.get('macro_f1'))} |",
+        f"| weighted F1 | {_fmt(test.get('weighted_f1'))} | | {_fmt(val.get('weighted_f1'))} |",
+        f"| Cohen's kappa | {_fmt(test.get('cohen_kappa'))} | | {_fmt(val.get('cohen_kappa'))} |",
+        f"| MCC | {_fmt(test.get('mcc'))} | | {_fmt(val.get('mcc'))} |",
+        f"| ROC AUC (macro, one-vs-rest) | {_fmt(_get(test, 'roc_auc', 'macro'))} | | "
+        f"{_fmt(_get(val, 'roc_auc', 'macro'))} |",
+        "",
+        "### Per class (test)",
+        "",
+        "| class | precision | recall | F1 | specificity | ROC AUC | support |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {label} | {_fmt(scores['precision'])} | {_fmt(scores['recall'])} | {_fmt(scores['f1'])} | "
+            f"{_fmt(scores['specificity'])} | {_fmt(_get(test, 'roc_auc', label))} | {scores['support']} |"
+            for label, scores in test.get("per_class", {}).items()
+        ),
+        "",
+        "### Calibration",
+        "",
+        f"Expected calibration error (equal-width confidence bins): {_fmt(test.get('ece'))} on test, "
+        f"{_fmt(val.get('ece'))} on validation. 0 means the confidence matches the accuracy.",
+        "",
+        "### Detection: benign against any malignant stage",
+        "",
+        f"Positive = {DETECTION_POSITIVE}. Sensitivity {_fmt(_get(test, 'detection', 'sensitivity'))}, "
+        f"specificity {_fmt(_get(test, 'detection', 'specificity'))} "
+        f"(TP {_get(test, 'detection', 'tp')}, FN {_get(test, 'detection', 'fn')}, "
+        f"TN {_get(test, 'detection', 'tn')}, FP {_get(test, 'detection', 'fp')}).",
+        "",
+        "## Limitations",
+        "",
+        "- **Image-level split, not patient-level.** The dataset has no patient ids, so test images can "
+        "come from the same patients (and slides) as training images. The test numbers are therefore "
+        "likely optimistic for new patients; a patient-level evaluation is needed before any claim.",
+        "- **Single hospital.** All images come from one laboratory's staining and imaging; other sites' "
+        "stains, microscopes and cameras are untested.",
+        "- **Stain differs by class.** The Pro images are stained in a different (pink-lilac) hue from the "
+        "others, so the model may partly recognise the stain rather than the cells' morphology"
+        + _pro_agreement(data_quality)
+        + ".",
+        f"- **Small test set.** {test.get('n', 0)} images: see the width of the intervals above.",
+        "- **Not clinically validated.** No prospective study, regulatory review or comparison with "
+        "haematologists has been made.",
+    ]
+    if weights.get("warning"):
+        lines.append(
+            "- **Base weights.** The VGG16 base was not the requested one (see the note at the top)."
+        )
+    if synthetic:
+        lines.append("- **Synthetic data.** This run used generated images, not the ALL dataset.")
+    return "\n".join(lines) + "\n"
+
+
+def _reasons(by_reason: dict[str, int]) -> str:
+    return f" ({', '.join(f'{reason}: {count}' for reason, count in by_reason.items())})" if by_reason else ""
+
+
+def _sizes(sizes: dict[str, int]) -> str:
+    return ", ".join(f"{split} {count}" for split, count in sizes.items())
+
+
+def _pro_agreement(data_quality: dict[str, Any]) -> str:
+    dice = _get(data_quality, "segmentation_agreement", "Pro", "dice_mean")
+    return (
+        ""
+        if dice is None
+        else f"; the colour-threshold segmentation agrees with the dataset's Pro masks at Dice {dice:.2f}"
+    )

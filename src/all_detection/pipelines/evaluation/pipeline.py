@@ -1,0 +1,124 @@
+"""Wires evaluation: predict both held-out splits, score them, then report to files, MLflow and figures."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .figures import (
+    plot_confusion_matrix,
+    plot_gradcam,
+    plot_misclassified,
+    plot_reliability_diagram,
+    plot_roc_curves,
+    plot_training_curves,
+)
+from .nodes import (
+    assemble_metrics,
+    evaluate_split,
+    history_to_mlflow_metrics,
+    predict_split,
+    to_mlflow_metrics,
+    write_classification_report,
+    write_model_card,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            *(
+                Node(
+                    predict_split,
+                    inputs=[
+                        "model",
+                        f"{split}_images",
+                        f"{split}_index",
+                        "params:evaluation.predict_batch_size",
+                    ],
+                    outputs=f"{split}_predictions",
+                    name=f"predict_{split}_node",
+                )
+                for split in ("val", "test")
+            ),
+            *(
+                Node(
+                    evaluate_split,
+                    inputs=[f"{split}_predictions", "params:evaluation", "params:split.seed"],
+                    outputs=f"{split}_metrics",
+                    name=f"evaluate_{split}_node",
+                )
+                for split in ("val", "test")
+            ),
+            Node(
+                assemble_metrics,
+                inputs=[
+                    "val_metrics",
+                    "test_metrics",
+                    "training_summary",
+                    "data_quality_with_segmentation",
+                    "params:preprocessing",
+                ],
+                outputs="metrics",
+                name="assemble_metrics_node",
+            ),
+            Node(
+                to_mlflow_metrics,
+                inputs="metrics",
+                outputs="evaluation_metrics",
+                name="to_mlflow_metrics_node",
+            ),
+            Node(
+                history_to_mlflow_metrics,
+                inputs="training_history",
+                outputs="training_history_metrics",
+                name="history_to_mlflow_metrics_node",
+            ),
+            Node(
+                write_classification_report,
+                inputs=["val_predictions", "test_predictions"],
+                outputs="classification_report",
+                name="write_classification_report_node",
+            ),
+            Node(
+                write_model_card,
+                inputs=["metrics", "training_summary", "data_quality_with_segmentation", "params:model"],
+                outputs="model_card",
+                name="write_model_card_node",
+            ),
+            Node(
+                plot_confusion_matrix,
+                inputs="test_predictions",
+                outputs="confusion_matrix_figure",
+                name="plot_confusion_matrix_node",
+            ),
+            Node(
+                plot_roc_curves,
+                inputs="test_predictions",
+                outputs="roc_curves_figure",
+                name="plot_roc_curves_node",
+            ),
+            Node(
+                plot_training_curves,
+                inputs="training_history",
+                outputs="training_curves_figure",
+                name="plot_training_curves_node",
+            ),
+            Node(
+                plot_reliability_diagram,
+                inputs=["test_predictions", "params:evaluation.ece_bins"],
+                outputs="reliability_diagram_figure",
+                name="plot_reliability_diagram_node",
+            ),
+            Node(
+                plot_gradcam,
+                inputs=["model", "test_images", "test_predictions", "params:evaluation.gradcam_per_class"],
+                outputs="gradcam_figure",
+                name="plot_gradcam_node",
+            ),
+            Node(
+                plot_misclassified,
+                inputs=["test_images", "test_predictions", "params:evaluation.misclassified_max"],
+                outputs="misclassified_figure",
+                name="plot_misclassified_node",
+            ),
+        ],
+        tags="evaluation",
+    )

@@ -1,0 +1,386 @@
+"""Evaluation nodes: metrics on hand-made predictions with a known confusion matrix, and prediction,
+Grad-CAM and figures on a tiny randomly initialised model at 32 px."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from matplotlib.figure import Figure
+
+from all_detection.layout import CLASSES
+from all_detection.model import assemble_classifier, build_base, build_feature_extractor, build_head
+from all_detection.pipelines.evaluation import figures
+from all_detection.pipelines.evaluation.figures import (
+    gradcam_heatmaps,
+    plot_confusion_matrix,
+    plot_gradcam,
+    plot_misclassified,
+    plot_reliability_diagram,
+    plot_roc_curves,
+    plot_training_curves,
+)
+from all_detection.pipelines.evaluation.nodes import (
+    PROBABILITY_COLUMNS,
+    assemble_metrics,
+    bootstrap_intervals,
+    evaluate_split,
+    expected_calibration_error,
+    history_to_mlflow_metrics,
+    one_vs_rest_auc,
+    predict_split,
+    to_mlflow_metrics,
+    write_classification_report,
+    write_model_card,
+)
+
+CONF = Path(__file__).resolve().parents[3] / "conf/base"
+EVALUATION = {
+    **yaml.safe_load((CONF / "parameters_evaluation.yml").read_text())["evaluation"],
+    "bootstrap_samples": 200,
+}
+MODEL = yaml.safe_load((CONF / "parameters_training.yml").read_text())["model"]
+SEED = 42
+SIZE = 32
+
+# Rows are true classes, columns predicted classes (Benign, Early, Pre, Pro); 10 images per class.
+CONFUSION = np.array(
+    [
+        [8, 1, 1, 0],
+        [1, 7, 2, 0],
+        [0, 1, 8, 1],
+        [0, 0, 1, 9],
+    ]
+)
+
+
+def predictions_from(confusion: np.ndarray, confidence: float = 0.7) -> pd.DataFrame:
+    """A prediction frame with exactly this confusion matrix: the predicted class gets `confidence`, the
+    other classes share the rest equally."""
+    truth, predicted = [], []
+    for true_class, row in enumerate(confusion):
+        for predicted_class, count in enumerate(row):
+            truth += [true_class] * int(count)
+            predicted += [predicted_class] * int(count)
+    truth, predicted = np.array(truth), np.array(predicted)
+    probabilities = np.full((len(truth), len(CLASSES)), (1 - confidence) / (len(CLASSES) - 1))
+    probabilities[np.arange(len(truth)), predicted] = confidence
+    frame = pd.DataFrame(
+        {
+            "image_id": [f"image_{number}.jpg" for number in range(len(truth))],
+            "label": [CLASSES[k] for k in truth],
+            "label_index": truth,
+            "predicted": [CLASSES[k] for k in predicted],
+            "predicted_index": predicted,
+            "confidence": probabilities.max(axis=1),
+            "correct": truth == predicted,
+        }
+    )
+    return pd.concat([frame, pd.DataFrame(probabilities, columns=PROBABILITY_COLUMNS)], axis=1)
+
+
+@pytest.fixture(scope="module")
+def known() -> dict:
+    return evaluate_split(predictions_from(CONFUSION), EVALUATION, SEED)
+
+
+def test_accuracy_and_per_class_scores_match_the_hand_computed_confusion_matrix(known: dict):
+    assert known["n"] == 40
+    assert known["accuracy"] == pytest.approx(32 / 40)
+    assert known["confusion_matrix"]["labels"] == list(CLASSES)
+    assert known["confusion_matrix"]["counts"] == CONFUSION.tolist()
+    assert known["confusion_matrix"]["normalized"][1] == pytest.approx([0.1, 0.7, 0.2, 0.0])
+    # Precision = diagonal / column sum (9, 9, 12, 10); recall = diagonal / 10; specificity = TN / 30.
+    expected = {
+        "Benign": (8 / 9, 0.8, 16 / 19, 29 / 30),
+        "Early": (7 / 9, 0.7, 14 / 19, 28 / 30),
+        "Pre": (8 / 12, 0.8, 16 / 22, 26 / 30),
+        "Pro": (9 / 10, 0.9, 18 / 20, 29 / 30),
+    }
+    for label, (precision, recall, f1, specificity) in expected.items():
+        scores = known["per_class"][label]
+        assert scores["precision"] == pytest.approx(precision, abs=1e-6)
+        assert scores["recall"] == pytest.approx(recall, abs=1e-6)
+        assert scores["f1"] == pytest.approx(f1, abs=1e-6)
+        assert scores["specificity"] == pytest.approx(specificity, abs=1e-6)
+        assert scores["support"] == 10
+    assert known["macro_f1"] == pytest.approx(np.mean([row[2] for row in expected.values()]), abs=1e-6)
+    # Every class has 10 images, so the weighted mean is the plain mean.
+    assert known["weighted_f1"] == pytest.approx(known["macro_f1"], abs=1e-6)
+
+
+def test_kappa_and_mcc_match_their_formulas(known: dict):
+    predicted_counts, true_counts, n, correct = CONFUSION.sum(axis=0), CONFUSION.sum(axis=1), 40, 32
+    chance = (predicted_counts * true_counts).sum() / n**2  # 400 / 1600
+    assert known["cohen_kappa"] == pytest.approx((0.8 - chance) / (1 - chance), abs=1e-6)
+    assert known["cohen_kappa"] == pytest.approx(0.55 / 0.75, abs=1e-6)
+    mcc = (correct * n - (predicted_counts * true_counts).sum()) / math.sqrt(
+        (n**2 - (predicted_counts**2).sum()) * (n**2 - (true_counts**2).sum())
+    )
+    assert known["mcc"] == pytest.approx(mcc, abs=1e-6)
+    assert known["mcc"] == pytest.approx(880 / math.sqrt(1194 * 1200), abs=1e-6)
+
+
+def test_detection_is_benign_against_any_malignant_stage(known: dict):
+    # Benign row: 8 kept benign, 2 called malignant; malignant rows: only one Early called Benign.
+    detection = known["detection"]
+    assert (detection["tp"], detection["fn"], detection["tn"], detection["fp"]) == (29, 1, 8, 2)
+    assert detection["sensitivity"] == pytest.approx(29 / 30, abs=1e-6)
+    assert detection["specificity"] == pytest.approx(8 / 10, abs=1e-6)
+    assert "malignant" in detection["positive"]
+
+
+def test_expected_calibration_error_on_hand_made_cases(known: dict):
+    confidence = np.full(10, 0.8)
+    assert expected_calibration_error(confidence, np.arange(10) < 8, 15) == pytest.approx(0.0)
+    assert expected_calibration_error(confidence, np.arange(10) < 5, 15) == pytest.approx(0.3)
+    # Two bins: 0.9 confident and always right (gap 0.1), 0.3 confident and never right (gap 0.3).
+    mixed = np.array([0.9] * 6 + [0.3] * 4)
+    assert expected_calibration_error(mixed, np.arange(10) < 6, 10) == pytest.approx(0.6 * 0.1 + 0.4 * 0.3)
+    # Every prediction 0.7 confident, 80% right.
+    assert known["ece"] == pytest.approx(0.1, abs=1e-6)
+
+
+def test_bootstrap_interval_contains_the_estimate_is_seeded_and_narrows_with_more_images(known: dict):
+    intervals = known["confidence_intervals"]
+    assert intervals["level"] == 0.95 and intervals["bootstrap_samples"] == 200
+    low, high = intervals["accuracy"]
+    assert low <= known["accuracy"] <= high and low < high
+    low, high = intervals["macro_f1"]
+    assert low <= known["macro_f1"] <= high
+
+    frame = predictions_from(CONFUSION)
+    truth, predicted = frame["label_index"].to_numpy(), frame["predicted_index"].to_numpy()
+    first = bootstrap_intervals(truth, predicted, 200, 0.95, SEED)
+    assert first == bootstrap_intervals(truth, predicted, 200, 0.95, SEED)
+    assert first != bootstrap_intervals(truth, predicted, 200, 0.95, SEED + 1)
+    tenfold = bootstrap_intervals(np.tile(truth, 10), np.tile(predicted, 10), 200, 0.95, SEED)
+    assert np.diff(tenfold["accuracy"])[0] < np.diff(first["accuracy"])[0] / 2
+    assert tenfold["accuracy"][0] <= 0.8 <= tenfold["accuracy"][1]
+
+
+def test_roc_auc_is_one_for_perfectly_ranked_probabilities(known: dict):
+    truth = np.repeat(np.arange(len(CLASSES)), 5)
+    probabilities = np.full((len(truth), len(CLASSES)), 0.1)
+    probabilities[np.arange(len(truth)), truth] = 0.7
+    assert one_vs_rest_auc(truth, probabilities) == dict.fromkeys([*CLASSES, "macro"], 1.0)
+    assert all(0.5 < value <= 1.0 for value in known["roc_auc"].values())
+
+
+def test_a_class_absent_from_the_split_gives_null_not_nan():
+    without_pro = CONFUSION.copy()
+    without_pro[3] = 0
+    metrics = evaluate_split(predictions_from(without_pro), EVALUATION, SEED)
+    assert metrics["n"] == 30
+    assert metrics["roc_auc"]["Pro"] is None
+    assert metrics["roc_auc"]["macro"] == pytest.approx(
+        np.mean([metrics["roc_auc"][label] for label in ("Benign", "Early", "Pre")]), abs=1e-6
+    )
+    assert metrics["per_class"]["Pro"]["support"] == 0
+    assert metrics["per_class"]["Pro"]["recall"] is None
+    assert metrics["confusion_matrix"]["normalized"][3] == [0.0, 0.0, 0.0, 0.0]
+    json.dumps(metrics, allow_nan=False)
+
+    only_benign = evaluate_split(predictions_from(np.diag([5, 0, 0, 0])), EVALUATION, SEED)
+    assert only_benign["accuracy"] == 1.0
+    assert only_benign["cohen_kappa"] is None
+    assert only_benign["detection"]["sensitivity"] is None
+    assert only_benign["detection"]["specificity"] == 1.0
+    assert all(value is None for value in only_benign["roc_auc"].values())
+    flat = to_mlflow_metrics({"test": only_benign, "val": {"n": 0}})
+    assert "test_kappa" not in flat and "test_roc_auc_macro" not in flat
+    assert flat["test_accuracy"] == {"value": 1.0, "step": 0}
+
+
+SUMMARY = {
+    "mode": "cached",
+    "device": "CPU (2 cores)",
+    "base_weights": {"requested": "imagenet", "used": "None", "warning": "Could not download. Falling back."},
+    "epochs_run": 7,
+    "best_epoch": 3,
+}
+DATA_QUALITY = {
+    "dataset_root": "data/01_raw/demo_ALL",
+    "files": {"total": 81, "ok": 80, "quarantined": 1},
+    "images_per_class_and_split": {
+        label: {"train": 7, "val": 1, "test": 2, "total": 10} for label in CLASSES
+    },
+    "split": {"requested": {"test_fraction": 0.2, "val_fraction": 0.1}, "seed": SEED},
+    "quarantined": {"by_reason": {"unreadable image": 1}},
+    "duplicates": {"exact_groups": 1, "near_groups": 2},
+    "segmentation_agreement": {"Pro": {"dice_mean": 0.37}},
+}
+
+
+@pytest.fixture(scope="module")
+def metrics(known: dict) -> dict:
+    val = evaluate_split(predictions_from(np.diag([1, 1, 1, 1])), EVALUATION, SEED)
+    return assemble_metrics(val, known, SUMMARY, DATA_QUALITY, {"input_mode": "original", "image_size": 96})
+
+
+def test_metrics_follow_the_contract_and_are_valid_json(metrics: dict):
+    assert list(metrics) == ["test", "val", "run"]
+    for key in ("accuracy", "macro_f1", "per_class", "roc_auc", "ece", "confidence_intervals", "detection"):
+        assert key in metrics["test"] and key in metrics["val"]
+    assert metrics["run"] == {
+        "mode": "cached",
+        "epochs_run": 7,
+        "best_epoch": 3,
+        "base_weights": "None",
+        "device": "CPU (2 cores)",
+        "input_mode": "original",
+        "image_size": 96,
+        "split_sizes": {"train": 28, "val": 4, "test": 40},
+    }
+    assert json.loads(json.dumps(metrics, allow_nan=False)) == metrics
+
+
+def test_mlflow_metrics_are_flat_finite_and_stably_named(metrics: dict):
+    flat = to_mlflow_metrics(metrics)
+    for name in ("accuracy", "macro_f1", "weighted_f1", "kappa", "mcc", "roc_auc_macro", "ece", "sensitivity",
+                 "specificity", "accuracy_ci_low", "accuracy_ci_high", "f1_Benign", "f1_Pro"):  # fmt: skip
+        assert f"test_{name}" in flat and f"validation_{name}" in flat
+    assert flat["test_accuracy"] == {"value": pytest.approx(0.8), "step": 0}
+    assert all(set(item) == {"value", "step"} and item["step"] == 0 for item in flat.values())
+    assert all(isinstance(item["value"], float) and math.isfinite(item["value"]) for item in flat.values())
+
+
+def test_history_metrics_have_one_step_per_epoch():
+    history = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3, 4],
+            "phase": ["head", "head", "head", "fine_tune"],
+            "loss": [1.2, 0.8, 0.6, 0.5],
+            "accuracy": [0.4, 0.6, 0.7, 0.75],
+            "val_loss": [1.3, 0.9, 0.8, 0.7],
+            "val_accuracy": [0.35, 0.55, 0.6, 0.65],
+            "learning_rate": [1e-3, 1e-3, 1e-3, 1e-5],
+            "epoch_seconds": [2.0, 1.5, 1.4, 3.0],
+        }
+    )
+    metrics = history_to_mlflow_metrics(history)
+    assert set(metrics) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"}
+    for entries in metrics.values():
+        assert [entry["step"] for entry in entries] == [1, 2, 3, 4]
+    assert metrics["val_accuracy"][2] == {"value": 0.6, "step": 3}
+    figure = plot_training_curves(history)
+    assert isinstance(figure, Figure)
+    plt.close(figure)
+
+
+def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
+    card = write_model_card(metrics, SUMMARY, DATA_QUALITY, MODEL)
+    low, high = metrics["test"]["confidence_intervals"]["accuracy"]
+    assert "not a diagnostic device" in card
+    assert "10.34740/KAGGLE/DSV/2175623" in card and "Aria" in card
+    assert "before augmentation" in card and "kept together" in card and "Stratified" in card
+    assert "seed 42" in card and "test 0.2" in card
+    assert f"{low:.3f} to {high:.3f}" in card and "95%" in card
+    assert "patient" in card.lower() and "no patient ids" in card
+    assert "quarantined: 1" in card
+    assert "Falling back" in card  # the base weights' fallback warning
+    assert "Synthetic data" in card  # the demo set's root
+    assert "Synthetic data" not in write_model_card(
+        metrics, SUMMARY, {**DATA_QUALITY, "dataset_root": "data/01_raw/ALL"}, MODEL
+    )
+
+
+def test_classification_report_has_test_then_validation():
+    report = write_classification_report(predictions_from(np.diag([1, 1, 1, 1])), predictions_from(CONFUSION))
+    assert report.index("Test split") < report.index("Validation split")
+    assert "Benign" in report and "macro avg" in report
+
+
+@pytest.fixture(scope="module")
+def tiny_models() -> dict[int, object]:
+    """Randomly initialised classifiers at 32 px, RGB and dual (6-channel)."""
+    models = {}
+    for channels in (3, 6):
+        base, _ = build_base(SIZE, None)
+        extractor = build_feature_extractor(base, channels, MODEL["input_scaling"])
+        head = build_head(extractor.output_shape[1:], MODEL["head"])
+        models[channels] = assemble_classifier(extractor, head)
+    return models
+
+
+@pytest.fixture(scope="module")
+def tiny_split() -> tuple[np.ndarray, pd.DataFrame]:
+    rng = np.random.default_rng(SEED)
+    images = rng.integers(0, 256, (10, SIZE, SIZE, 3), dtype=np.uint8)
+    labels = np.arange(10) % len(CLASSES)
+    index = pd.DataFrame(
+        {
+            "image_id": [f"Original/{CLASSES[k]}/{number}.jpg" for number, k in enumerate(labels)],
+            "label": [CLASSES[k] for k in labels],
+            "label_index": labels,
+            "group": np.arange(10),
+            "split": "test",
+        }
+    )
+    return images, index
+
+
+def test_predict_split_gives_probabilities_and_their_argmax(tiny_models: dict, tiny_split: tuple):
+    images, index = tiny_split
+    predictions = predict_split(tiny_models[3], images, index, batch_size=4)
+    assert list(predictions.columns) == [
+        "image_id", "label", "label_index", "predicted", "predicted_index", "confidence", "correct",
+        "prob_Benign", "prob_Early", "prob_Pre", "prob_Pro",
+    ]  # fmt: skip
+    probabilities = predictions[PROBABILITY_COLUMNS].to_numpy()
+    assert probabilities.sum(axis=1) == pytest.approx(np.ones(10), abs=1e-5)
+    assert (predictions["predicted_index"].to_numpy() == probabilities.argmax(axis=1)).all()
+    assert list(predictions["predicted"]) == [CLASSES[k] for k in predictions["predicted_index"]]
+    assert predictions["confidence"].to_numpy() == pytest.approx(probabilities.max(axis=1))
+    assert (predictions["correct"] == (predictions["predicted_index"] == predictions["label_index"])).all()
+    assert list(predictions["image_id"]) == list(index["image_id"])
+    # The batch size only changes how the work is cut, not the answer.
+    whole = predict_split(tiny_models[3], images, index, batch_size=32)
+    assert whole[PROBABILITY_COLUMNS].to_numpy() == pytest.approx(probabilities, abs=1e-5)
+
+
+def test_gradcam_heatmaps_cover_the_last_conv_map(tiny_models: dict, tiny_split: tuple):
+    images, _ = tiny_split
+    heatmaps = gradcam_heatmaps(tiny_models[3], images[:3], np.array([0, 1, 2]))
+    assert heatmaps.shape == (3, SIZE // 16, SIZE // 16)  # block5_conv3 follows four poolings
+    assert heatmaps.min() >= 0.0 and heatmaps.max() <= 1.0
+    dual_images = np.concatenate([images[:2], images[:2]], axis=-1)
+    assert gradcam_heatmaps(tiny_models[6], dual_images, np.array([3, 0])).shape == (2, 2, 2)
+
+
+def test_every_figure_is_a_matplotlib_figure(tiny_models: dict, tiny_split: tuple):
+    images, index = tiny_split
+    predictions = predict_split(tiny_models[3], images, index, batch_size=4)
+    everything_right = predictions.assign(
+        label=predictions["predicted"], label_index=predictions["predicted_index"], correct=True
+    )
+    made = [
+        plot_confusion_matrix(predictions),
+        plot_roc_curves(predictions),
+        plot_reliability_diagram(predictions, EVALUATION["ece_bins"]),
+        plot_gradcam(tiny_models[3], images, predictions, EVALUATION["gradcam_per_class"]),
+        plot_gradcam(tiny_models[6], np.concatenate([images, images], axis=-1), predictions, 1),
+        plot_misclassified(images, predictions, EVALUATION["misclassified_max"]),
+        plot_misclassified(images, everything_right, 4),
+    ]
+    assert all(isinstance(figure, Figure) for figure in made)
+    assert "No misclassified images" in made[-1].axes[0].texts[0].get_text()
+    for figure in made:
+        plt.close(figure)
+
+
+def test_gradcam_falls_back_to_a_plain_figure_without_tensorflow(
+    monkeypatch: pytest.MonkeyPatch, tiny_split: tuple
+):
+    images, _ = tiny_split
+    monkeypatch.setattr(figures.keras.backend, "backend", lambda: "jax")
+    predictions = predictions_from(np.diag([1, 1, 1, 1]))
+    figure = plot_gradcam(None, images, predictions, 2)
+    assert "TensorFlow backend" in figure.axes[0].texts[0].get_text()
+    plt.close(figure)

@@ -1,0 +1,217 @@
+"""Inference nodes on a folder holding every defect real folders have, with a tiny real model at 32 px."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from all_detection.layout import CLASSES
+from all_detection.model import assemble_classifier, build_base, build_feature_extractor, build_head
+from all_detection.pipelines.inference import create_pipeline
+from all_detection.pipelines.inference.nodes import (
+    PREDICTION_COLUMNS,
+    InferenceSetupError,
+    load_classifier,
+    scan_inference_folder,
+    score_images,
+)
+from all_detection.pipelines.ingestion.nodes import walk_without_following_links
+from tests.defects import write_defective_dataset
+
+CONF = Path(__file__).resolve().parents[3] / "conf/base"
+INGESTION = yaml.safe_load((CONF / "parameters_ingestion.yml").read_text())["ingestion"]
+PREPROCESSING = {
+    **yaml.safe_load((CONF / "parameters_preprocessing.yml").read_text())["preprocessing"],
+    "image_size": 32,
+}
+HEAD = yaml.safe_load((CONF / "parameters_training.yml").read_text())["model"]["head"]
+PROBABILITIES = [f"prob_{label}" for label in CLASSES]
+
+# Ingestion's verdicts that need its class folders or the whole table to see; a folder to score has neither,
+# so these files are judged by what they hold: all are images except the one text file.
+NEEDS_DATASET_LAYOUT = {
+    "outside a known class folder",
+    "byte-identical files under different labels",
+    "Segmented image without an Original",
+    "its Original is quarantined",
+}
+NOT_AN_IMAGE_BUT_MISPLACED = {"README.txt": "not an image"}
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base, _ = build_base(32, None)
+    extractor = build_feature_extractor(base, 3, "imagenet")
+    classifier = assemble_classifier(extractor, build_head(extractor.output_shape[1:], HEAD))
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    classifier.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str | None]]:
+    """The defective dataset as a folder of new images, with the verdict inference owes each file."""
+    root = tmp_path_factory.mktemp("to_score") / "images"
+    ingestion_verdicts = write_defective_dataset(root)
+    expected = {
+        path: NOT_AN_IMAGE_BUT_MISPLACED.get(path) if reason in NEEDS_DATASET_LAYOUT else reason
+        for path, reason in ingestion_verdicts.items()
+    }
+    return root, expected
+
+
+def inference_params(root: Path, model_path: Path, **overrides) -> dict:
+    return {
+        "input_dir": str(root),
+        "model_path": str(model_path),
+        "model_uri": None,
+        "batch_size": 32,
+        **overrides,
+    }
+
+
+@pytest.fixture(scope="module")
+def predictions(image_folder, model_file) -> pd.DataFrame:
+    root, _ = image_folder
+    inference = inference_params(root, model_file)
+    files = scan_inference_folder(inference, INGESTION)
+    return score_images(files, load_classifier(inference), inference, PREPROCESSING, INGESTION)
+
+
+def test_every_file_found_gets_exactly_one_row(image_folder, predictions):
+    root, expected = image_folder
+    assert list(predictions.columns) == PREDICTION_COLUMNS
+    assert sorted(predictions["path"]) == sorted(expected)
+    assert sorted(predictions["path"]) == sorted(str(path) for path in walk_without_following_links(root))
+    assert predictions["path"].is_unique
+
+
+def test_bad_files_are_quarantined_with_ingestions_reasons_and_good_ones_scored(image_folder, predictions):
+    _, expected = image_folder
+    verdicts = {row.path: None if pd.isna(row.reason) else row.reason for row in predictions.itertuples()}
+    assert verdicts == expected
+    assert set(predictions.loc[predictions["reason"].isna(), "status"]) == {"ok"}
+    assert set(predictions.loc[predictions["reason"].notna(), "status"]) == {"quarantined"}
+    # Linked folders are recorded, never entered.
+    assert not predictions["path"].str.contains("Linked/").any()
+
+
+def test_quarantined_rows_carry_no_prediction_and_ok_rows_a_distribution(predictions):
+    quarantined = predictions[predictions["status"] == "quarantined"]
+    assert quarantined[["predicted", *PROBABILITIES]].isna().all().all()
+    ok = predictions[predictions["status"] == "ok"]
+    assert len(ok) > 40
+    probabilities = ok[PROBABILITIES].to_numpy()
+    assert not np.isnan(probabilities).any()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    assert ok["predicted"].tolist() == [CLASSES[index] for index in probabilities.argmax(axis=1)]
+
+
+def test_scores_do_not_depend_on_the_batch_size(image_folder, model_file, predictions):
+    root, _ = image_folder
+    inference = inference_params(root, model_file, batch_size=5)
+    files = scan_inference_folder(inference, INGESTION)
+    in_fives = score_images(files, load_classifier(inference), inference, PREPROCESSING, INGESTION)
+    pd.testing.assert_frame_equal(in_fives, predictions, rtol=1e-5)
+
+
+def test_a_file_gone_since_the_scan_is_quarantined_not_fatal(tmp_path, model_file):
+    root = tmp_path / "images"
+    write_defective_dataset(root)
+    inference = inference_params(root, model_file)
+    files = scan_inference_folder(inference, INGESTION)
+    (root / "Original/Benign/WBC-Benign-001.jpg").unlink()
+    (root / "Original/Benign/WBC-Benign-002.jpg").write_bytes(b"")
+    scored = score_images(files, load_classifier(inference), inference, PREPROCESSING, INGESTION).set_index(
+        "path"
+    )
+    assert scored.loc["Original/Benign/WBC-Benign-001.jpg", "reason"] == "unreadable file"
+    assert scored.loc["Original/Benign/WBC-Benign-002.jpg", "reason"] == "empty file"
+    assert scored.loc["Original/Benign/WBC-Benign-002.jpg", ["predicted", *PROBABILITIES]].isna().all()
+
+
+@pytest.mark.parametrize(
+    ("preprocessing", "makes"),
+    [({"image_size": 48}, r"\(48, 48, 3\)"), ({"input_mode": "dual"}, r"\(32, 32, 6\)")],
+)
+def test_a_model_trained_on_other_inputs_is_refused_before_any_file_is_read(
+    image_folder, model_file, preprocessing, makes
+):
+    root, _ = image_folder
+    inference = inference_params(root, model_file)
+    files = scan_inference_folder(inference, INGESTION)
+    with pytest.raises(InferenceSetupError, match=rf"takes images of shape \(32, 32, 3\).*makes {makes}"):
+        score_images(
+            files, load_classifier(inference), inference, {**PREPROCESSING, **preprocessing}, INGESTION
+        )
+
+
+def test_an_empty_folder_gives_an_empty_table(tmp_path, model_file):
+    inference = inference_params(tmp_path, model_file)
+    files = scan_inference_folder(inference, INGESTION)
+    scored = score_images(files, load_classifier(inference), inference, PREPROCESSING, INGESTION)
+    assert scored.empty
+    assert list(scored.columns) == PREDICTION_COLUMNS
+
+
+def test_a_missing_input_folder_stops_with_one_clear_error(tmp_path, model_file):
+    with pytest.raises(InferenceSetupError, match=r"'.*nowhere' does not exist.*inference\.input_dir="):
+        scan_inference_folder(inference_params(tmp_path / "nowhere", model_file), INGESTION)
+
+
+def test_a_missing_model_says_to_train_first(tmp_path):
+    with pytest.raises(
+        InferenceSetupError, match=r"No trained model at '.*model\.keras'.*kedro run.*model_uri"
+    ):
+        load_classifier(inference_params(tmp_path, tmp_path / "data/06_models/model.keras"))
+
+
+def test_a_damaged_model_file_is_a_clear_error(tmp_path):
+    damaged = tmp_path / "model.keras"
+    damaged.write_bytes(b"not a zip")
+    with pytest.raises(InferenceSetupError, match="could not be loaded as a Keras model"):
+        load_classifier(inference_params(tmp_path, damaged))
+
+
+@pytest.fixture
+def tracking_store(tmp_path: Path):
+    """A throwaway SQLite MLflow store, its artifacts beside it, made current; the previous one restored."""
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("inference_test", artifact_location=str(tmp_path / "artifacts"))
+    try:
+        yield experiment
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def test_a_model_is_loaded_from_an_mlflow_run(tracking_store, model_file, tmp_path):
+    with mlflow.start_run(experiment_id=tracking_store) as run:
+        mlflow.log_artifact(str(model_file), "model")
+    classifier = load_classifier(
+        inference_params(tmp_path, tmp_path / "absent.keras", model_uri=f"runs:/{run.info.run_id}/model")
+    )
+    assert classifier.input_shape == (None, 32, 32, 3)
+    assert classifier.output_shape == (None, len(CLASSES))
+    with pytest.raises(InferenceSetupError, match="Could not fetch the model 'runs:/0123/model'"):
+        load_classifier(inference_params(tmp_path, tmp_path / "absent.keras", model_uri="runs:/0123/model"))
+
+
+def test_the_pipeline_as_wired_passes_the_model_between_nodes(image_folder, model_file, predictions):
+    root, _ = image_folder
+    parameters = {
+        "params:inference": inference_params(root, model_file),
+        "params:ingestion": INGESTION,
+        "params:preprocessing": PREPROCESSING,
+    }
+    catalog = DataCatalog({name: MemoryDataset(value) for name, value in parameters.items()})
+    catalog["predictions"] = MemoryDataset()
+    SequentialRunner().run(create_pipeline(), catalog)
+    pd.testing.assert_frame_equal(catalog.load("predictions"), predictions)
