@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from all_detection.datasets import release_pages
 from all_detection.model import (
     assemble_classifier,
     base_gflop_per_image,
@@ -98,6 +99,7 @@ def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int
     for start in range(0, len(images), batch_size):
         batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
         features[start : start + len(batch)] = keras.ops.convert_to_numpy(extractor(batch, training=False))
+        release_pages(images)
         progress.advance(len(batch))
     return features
 
@@ -178,6 +180,7 @@ class ImageBatches(keras.utils.PyDataset):
         return np.asarray(self.images[rows], dtype=np.float32), self.labels[rows]
 
     def on_epoch_end(self) -> None:
+        release_pages(self.images)
         if self.shuffle:
             self.order = self.rng.permutation(len(self.images))
 

@@ -1,0 +1,40 @@
+"""The project's numpy catalog dataset: saved whole, loaded memory-mapped, pages released after reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from all_detection.datasets import NumpyArrayDataset, release_pages
+
+
+def resident_file_kb() -> int:
+    status = Path("/proc/self/status").read_text().splitlines()
+    (line,) = [line for line in status if line.startswith("RssFile")]
+    return int(line.split()[1])
+
+
+def test_round_trip_is_exact_and_memory_mapped(tmp_path):
+    dataset = NumpyArrayDataset(str(tmp_path / "stacks" / "train_images.npy"))
+    assert not dataset.exists()
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    dataset.save(images)
+    loaded = dataset.load()
+    assert isinstance(loaded, np.memmap) and loaded.dtype == np.uint8
+    np.testing.assert_array_equal(loaded, images)
+    assert not list((tmp_path / "stacks").glob(".*partial"))  # written aside, then renamed
+
+
+def test_released_pages_leave_resident_memory_and_read_back_the_same(tmp_path):
+    dataset = NumpyArrayDataset(str(tmp_path / "views.npy"))
+    dataset.save(np.full((400, 128, 128, 3), 7, dtype=np.uint8))  # 19 MB
+    views = dataset.load()
+    before = resident_file_kb()
+    assert int(views.sum(dtype=np.int64)) == 7 * views.size
+    touched = resident_file_kb()
+    release_pages(views)
+    assert touched - before > 15_000
+    assert resident_file_kb() - before < 2_000
+    assert int(views[123].sum(dtype=np.int64)) == 7 * 128 * 128 * 3
+    release_pages(np.zeros(3))  # an in-memory array is left alone
