@@ -157,10 +157,12 @@ def _mode(training: dict[str, Any]) -> str:
     return training["mode"]
 
 
-class ImageBatches(keras.utils.PyDataset):
-    """Batches of (images, one-hot labels) from a memory-mapped uint8 stack, reshuffled every epoch.
+class ArrayBatches(keras.utils.PyDataset):
+    """Batches of (float32 inputs, one-hot labels) from a memory-mapped stack, reshuffled every epoch.
 
-    Worker threads read and convert the next batches while the current one trains (prefetching).
+    Serves image stacks (online) and cached features alike: only a batch is ever converted to float32,
+    so memory stays flat however large the stack. Worker threads prepare the next batches while the
+    current one trains (prefetching).
     """
 
     def __init__(
@@ -263,13 +265,12 @@ def train_classifier(
         started = time.perf_counter()
         if mode == "cached":
             _compile(head, training["learning_rate"])
+            y_views = one_hot(augmented_train_index["label_index"])
+            batch = training["batch_size"]
             fitted = head.fit(
-                np.asarray(train_features),
-                one_hot(augmented_train_index["label_index"]),
-                validation_data=(np.asarray(val_features), y_val),
+                ArrayBatches(train_features, y_views, batch, shuffle=True, seed=seed),
+                validation_data=ArrayBatches(val_features, y_val, batch, shuffle=False, seed=seed),
                 epochs=training["epochs"],
-                batch_size=training["batch_size"],
-                shuffle=True,
                 callbacks=_callbacks(training),
                 verbose=2,
             )
@@ -316,9 +317,9 @@ def _train_online(
     augmenter = build_augmenter(augmentation["transforms"], seed)
     network = assemble_classifier(extractor, head, augmenter)
     feeding = {"workers": training["workers"], "max_queue_size": 2 * training["workers"]}
-    train_batches = ImageBatches(train_images, one_hot(train_index["label_index"]), training["batch_size"],
+    train_batches = ArrayBatches(train_images, one_hot(train_index["label_index"]), training["batch_size"],
                                  shuffle=True, seed=seed, **feeding)  # fmt: skip
-    val_batches = ImageBatches(val_images, y_val, training["batch_size"], shuffle=False, seed=seed, **feeding)
+    val_batches = ArrayBatches(val_images, y_val, training["batch_size"], shuffle=False, seed=seed, **feeding)
     _compile(network, training["learning_rate"])
     fitted = network.fit(train_batches, validation_data=val_batches, epochs=training["epochs"],
                          callbacks=_callbacks(training), verbose=2)  # fmt: skip
