@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from all_detection.datasets import release_pages
 from all_detection.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ def augment_training_split(
     for start in range(0, len(originals), batch_size):
         rows = originals[start : start + batch_size]
         augmented_views[rows] = train_images[source_rows[rows]]
+        release_pages(train_images)
 
     augmenter = build_augmenter(augmentation["transforms"], seed)
     transformed = np.flatnonzero(view > 0)
@@ -165,6 +167,7 @@ def augment_training_split(
         batch = np.asarray(train_images[source_rows[rows]], dtype=np.float32)
         views = keras.ops.clip(keras.ops.round(augmenter(batch, training=True)), *_PIXEL_RANGE)
         augmented_views[rows] = keras.ops.convert_to_numpy(keras.ops.cast(views, "uint8"))
+        release_pages(train_images)
         progress.advance(len(rows))
 
     sources = train_index.iloc[source_rows].reset_index(drop=True)
