@@ -118,7 +118,7 @@ def prepared_splits(root: Path, per_class: int, image_size: int, params: dict[st
     manifest = build_manifest(assign_splits(files, params["split"]))
     preprocessing = {**params["preprocessing"], "image_size": image_size}
     train, train_index, val, val_index, test, _ = prepare_model_inputs(
-        manifest, {"root": str(root)}, preprocessing
+        manifest, {"root": str(root)}, preprocessing, params["ingestion"]
     )
     views, view_index = augment_training_split(
         train, train_index, params["augmentation"], params["split"]["seed"]

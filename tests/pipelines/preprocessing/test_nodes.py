@@ -29,7 +29,7 @@ from all_detection.segmentation import (
     stained_bounding_box,
 )
 from all_detection.synthetic import write_synthetic_dataset
-from tests.pipelines.ingestion.test_nodes import ingest
+from tests.pipelines.ingestion.test_nodes import INGESTION, ingest
 
 CONF = Path(__file__).resolve().parents[3] / "conf/base/parameters_preprocessing.yml"
 PREPROCESSING = yaml.safe_load(CONF.read_text())["preprocessing"]
@@ -142,7 +142,9 @@ def synthetic_set(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
 
 def test_split_stacks_align_with_their_index_and_never_share_an_image(synthetic_set):
     root, manifest = synthetic_set
-    outputs = prepare_model_inputs(manifest, {"root": str(root)}, {**PREPROCESSING, "image_size": 32})
+    outputs = prepare_model_inputs(
+        manifest, {"root": str(root)}, {**PREPROCESSING, "image_size": 32}, INGESTION
+    )
     stacks, indexes = outputs[0::2], outputs[1::2]
     for split, stack, index in zip(("train", "val", "test"), stacks, indexes, strict=True):
         assert stack.shape == (len(index), 32, 32, 3) and stack.dtype == np.uint8
@@ -164,7 +166,7 @@ def test_split_stacks_align_with_their_index_and_never_share_an_image(synthetic_
 def test_segmentation_agreement_with_the_synthetic_sets_own_masks(synthetic_set, segmentation):
     root, manifest = synthetic_set
     preprocessing = {**PREPROCESSING, "segmentation": segmentation}
-    agreement = measure_segmentation_agreement(manifest, {"root": str(root)}, preprocessing)
+    agreement = measure_segmentation_agreement(manifest, {"root": str(root)}, preprocessing, INGESTION)
     assert set(agreement) == {"Benign", "Early", "Pre", "Pro"}
     for label in ("Benign", "Early", "Pre"):
         assert agreement[label]["n"] == 10
@@ -180,13 +182,13 @@ def test_low_agreement_is_explained(synthetic_set):
     # A band that finds nothing the dataset's masks found: agreement collapses and says why.
     nothing = {"channel_order": "rgb", "hsv_ranges": [[[60, 200, 200], [61, 255, 255]]]}
     preprocessing = {**PREPROCESSING, "segmentation": nothing}
-    agreement = measure_segmentation_agreement(manifest, {"root": str(root)}, preprocessing)
+    agreement = measure_segmentation_agreement(manifest, {"root": str(root)}, preprocessing, INGESTION)
     assert agreement["Early"]["dice_mean"] < 0.2
     assert "our masks cover much less" in agreement["Early"]["note"]
 
 
 def test_segmentation_figure_has_four_panels_per_class(synthetic_set):
     root, manifest = synthetic_set
-    figure = plot_segmentation_examples(manifest, {"root": str(root)}, PREPROCESSING)
+    figure = plot_segmentation_examples(manifest, {"root": str(root)}, PREPROCESSING, INGESTION)
     assert isinstance(figure, Figure)
     assert len(figure.axes) == 16

@@ -68,12 +68,14 @@ def input_channels(input_mode: str) -> int:
     return 6 if input_mode == "dual" else 3
 
 
-def _read_rgb(root: Path, relative_path: str) -> np.ndarray:
-    return decode_rgb((root / relative_path).read_bytes(), min_side=1, max_pixels=2**40).rgb
+def _read_rgb(root: Path, relative_path: str, ingestion: dict[str, Any]) -> np.ndarray:
+    """Decode an image ingestion accepted, through the same gate and limits (the file may have changed)."""
+    limits = {"min_side": ingestion["min_side_px"], "max_pixels": ingestion["max_pixels"]}
+    return decode_rgb((root / relative_path).read_bytes(), **limits).rgb
 
 
 def prepare_model_inputs(
-    manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any]
+    manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any], ingestion: dict[str, Any]
 ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Stack the usable Original images of each split as uint8 (n, size, size, channels) with an index.
 
@@ -92,7 +94,7 @@ def prepare_model_inputs(
         stack = np.zeros((len(rows), size, size, channels), dtype=np.uint8)
         boxes, fractions = [], []
         for position, path in enumerate(rows["path"]):
-            stack[position], mask = model_input(_read_rgb(root, path), preprocessing)
+            stack[position], mask = model_input(_read_rgb(root, path, ingestion), preprocessing)
             boxes.append(stained_bounding_box(mask) or (-1, -1, -1, -1))
             fractions.append(float(mask.mean()))
             progress.advance()
@@ -113,7 +115,7 @@ def prepare_model_inputs(
 
 
 def measure_segmentation_agreement(
-    manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any]
+    manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any], ingestion: dict[str, Any]
 ) -> dict[str, Any]:
     """Dice and IoU per class of the project's blast masks against the dataset's own `Segmented/` masks.
 
@@ -136,8 +138,8 @@ def measure_segmentation_agreement(
         for original, twin in pairs.loc[pairs["label"] == label, ["path", "counterpart"]].itertuples(
             index=False
         ):
-            ours = blast_mask(_read_rgb(root, original), preprocessing["segmentation"])
-            theirs = dataset_mask(_read_rgb(root, twin), min_value)
+            ours = blast_mask(_read_rgb(root, original, ingestion), preprocessing["segmentation"])
+            theirs = dataset_mask(_read_rgb(root, twin, ingestion), min_value)
             if theirs.shape != ours.shape:
                 theirs = (
                     cv2.resize(theirs.astype(np.uint8), ours.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
@@ -174,7 +176,7 @@ def add_segmentation_agreement(data_quality: dict[str, Any], agreement: dict[str
 
 
 def plot_segmentation_examples(
-    manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any]
+    manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any], ingestion: dict[str, Any]
 ) -> Figure:
     """A figure with one row per class: original, blast mask, segmented and masked, first usable image."""
     root = Path(dataset["root"])
@@ -184,7 +186,7 @@ def plot_segmentation_examples(
     masked = preprocessing["masked"]
     for row, label in zip(axes, labels, strict=True):
         path = usable.loc[usable["label"] == label, "path"].iloc[0]
-        rgb = _read_rgb(root, path)
+        rgb = _read_rgb(root, path, ingestion)
         mask = blast_mask(rgb, preprocessing["segmentation"])
         panels = {
             f"{label}: original": rgb,

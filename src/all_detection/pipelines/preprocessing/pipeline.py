@@ -15,7 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 prepare_model_inputs,
-                inputs=["manifest", "params:dataset", "params:preprocessing"],
+                inputs=["manifest", "params:dataset", "params:preprocessing", "params:ingestion"],
                 outputs=[
                     "train_images",
                     "train_index",
@@ -28,7 +28,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 measure_segmentation_agreement,
-                inputs=["manifest", "params:dataset", "params:preprocessing"],
+                inputs=["manifest", "params:dataset", "params:preprocessing", "params:ingestion"],
                 outputs="segmentation_agreement",
                 name="measure_segmentation_agreement_node",
             ),
@@ -40,7 +40,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_segmentation_examples,
-                inputs=["manifest", "params:dataset", "params:preprocessing"],
+                inputs=["manifest", "params:dataset", "params:preprocessing", "params:ingestion"],
                 outputs="segmentation_examples",
                 name="plot_segmentation_examples_node",
             ),
