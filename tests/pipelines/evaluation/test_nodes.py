@@ -33,6 +33,7 @@ from all_detection.pipelines.evaluation.nodes import (
     evaluate_split,
     expected_calibration_error,
     history_to_mlflow_metrics,
+    measure_leakage,
     one_vs_rest_auc,
     predict_split,
     to_mlflow_metrics,
@@ -218,10 +219,56 @@ DATA_QUALITY = {
 }
 
 
+def split_index(image_ids: list[str], groups: list[str], **columns: list) -> pd.DataFrame:
+    return pd.DataFrame({"image_id": image_ids, "group": groups, **columns})
+
+
+TRAIN_INDEX = split_index([f"train/{k}.jpg" for k in range(28)], [f"g{k}" for k in range(28)])
+VIEW_INDEX = pd.DataFrame(
+    {
+        "source_id": np.repeat(TRAIN_INDEX["image_id"].to_numpy(), 4),
+        "group": np.repeat(TRAIN_INDEX["group"].to_numpy(), 4),
+    }
+)
+NO_LEAKAGE = measure_leakage(
+    VIEW_INDEX,
+    split_index([f"val/{k}.jpg" for k in range(4)], [f"v{k}" for k in range(4)]),
+    split_index([f"test/{k}.jpg" for k in range(40)], [f"t{k}" for k in range(40)]),
+)
+
+
 @pytest.fixture(scope="module")
 def metrics(known: dict) -> dict:
     val = evaluate_split(predictions_from(np.diag([1, 1, 1, 1])), EVALUATION, SEED)
-    return assemble_metrics(val, known, SUMMARY, DATA_QUALITY, {"input_mode": "original", "image_size": 96})
+    preprocessing = {"input_mode": "original", "image_size": 96}
+    return assemble_metrics(val, known, SUMMARY, TRAIN_INDEX, VIEW_INDEX, NO_LEAKAGE, preprocessing)
+
+
+def test_leakage_counts_held_out_images_whose_source_or_group_was_trained_on():
+    assert NO_LEAKAGE["test"] == {
+        "n": 40,
+        "same_source_in_training": 0,
+        "same_group_in_training": 0,
+        "fraction_same_source": 0.0,
+        "fraction_same_group": 0.0,
+    }
+    # Views split after augmentation (the paper's protocol): a test view names its source image.
+    test_views = split_index(
+        ["train/0.jpg#1", "train/1.jpg#2", "other.jpg#1", "near.jpg#0"],
+        ["g0", "g1", "x", "g5"],
+        source_id=["train/0.jpg", "train/1.jpg", "other.jpg", "near.jpg"],
+    )
+    leakage = measure_leakage(VIEW_INDEX, test_views.head(0), test_views)
+    assert leakage["test"]["same_source_in_training"] == 2
+    assert leakage["test"]["same_group_in_training"] == 3  # near.jpg is a near copy of train/5.jpg
+    assert leakage["test"]["fraction_same_source"] == 0.5
+    assert leakage["val"] == {
+        "n": 0,
+        "same_source_in_training": 0,
+        "same_group_in_training": 0,
+        "fraction_same_source": None,
+        "fraction_same_group": None,
+    }
 
 
 def test_metrics_follow_the_contract_and_are_valid_json(metrics: dict):
@@ -236,7 +283,8 @@ def test_metrics_follow_the_contract_and_are_valid_json(metrics: dict):
         "device": "CPU (2 cores)",
         "input_mode": "original",
         "image_size": 96,
-        "split_sizes": {"train": 28, "val": 4, "test": 40},
+        "split_sizes": {"train": 28, "train_views": 112, "val": 4, "test": 40},
+        "leakage": NO_LEAKAGE,
     }
     assert json.loads(json.dumps(metrics, allow_nan=False)) == metrics
 
@@ -289,6 +337,15 @@ def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
     assert "Synthetic data" not in write_model_card(
         metrics, SUMMARY, {**DATA_QUALITY, "dataset_root": "data/01_raw/ALL"}, MODEL
     )
+    assert "Leaky protocol" not in card
+
+
+def test_model_card_says_so_when_test_images_leaked_into_training(metrics: dict):
+    leaked = {"test": {"same_source_in_training": 30, "fraction_same_source": 0.75}}
+    run = {**metrics["run"], "leakage": leaked}
+    card = write_model_card({**metrics, "run": run}, SUMMARY, DATA_QUALITY, MODEL)
+    assert "Leaky protocol" in card and "30 of the 40 test images (75.0%)" in card
+    assert "before augmentation" not in card
 
 
 def test_classification_report_has_test_then_validation():

@@ -14,6 +14,7 @@ from .nodes import (
     assemble_metrics,
     evaluate_split,
     history_to_mlflow_metrics,
+    measure_leakage,
     predict_split,
     to_mlflow_metrics,
     write_classification_report,
@@ -48,12 +49,20 @@ def create_pipeline(**kwargs) -> Pipeline:
                 for split in ("val", "test")
             ),
             Node(
+                measure_leakage,
+                inputs=["augmented_train_index", "val_index", "test_index"],
+                outputs="split_leakage",
+                name="measure_leakage_node",
+            ),
+            Node(
                 assemble_metrics,
                 inputs=[
                     "val_metrics",
                     "test_metrics",
                     "training_summary",
-                    "data_quality_with_segmentation",
+                    "train_index",
+                    "augmented_train_index",
+                    "split_leakage",
                     "params:preprocessing",
                 ],
                 outputs="metrics",
