@@ -12,19 +12,12 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from kedro.framework.session import KedroSession
-from kedro.framework.startup import bootstrap_project
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
 from all_detection.pipelines.ingestion.nodes import DatasetLayoutError
+from tests.projects import run_session
 
 SMALL_DEMO = {"demo": {"synthetic_dataset": {"per_class": 10, "image_size": 64, "seed": 42}}}
-
-
-def run_session(project: Path, env: str | None = None, pipeline: str = "ingestion", **params) -> None:
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env=env, runtime_params=params or None) as session:
-        session.run(pipeline_names=[pipeline])
 
 
 def test_demo_environment_generates_its_dataset_and_ingests_it(project_copy: Path):

@@ -1,13 +1,17 @@
-"""Catalog datasets kedro-datasets lacks: numpy arrays stored as `.npy` and loaded memory-mapped."""
+"""Catalog datasets kedro-datasets and kedro-mlflow lack: numpy arrays stored as `.npy` and loaded
+memory-mapped, and MLflow child runs nested under the run kedro-mlflow opened."""
 
 from __future__ import annotations
 
 import mmap
+import time
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
-from kedro.io import AbstractDataset
+from kedro.io import AbstractDataset, DatasetError
+from mlflow.entities import Metric
 
 
 class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
@@ -56,3 +60,61 @@ def release_pages(array: np.ndarray) -> None:
     mapping = getattr(array, "_mmap", None)
     if isinstance(mapping, mmap.mmap) and not mapping.closed:
         mapping.madvise(mmap.MADV_DONTNEED)
+
+
+class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):
+    """Each entry of a dictionary saved as an MLflow run of its own, nested under the run in progress.
+
+    A study (one model per protocol, fold or input mode) is one `kedro run`, so kedro-mlflow opens one
+    run for it; each model of the study becomes a child of that run, named by its key, so the MLflow UI
+    shows the study as a parent with one comparable run per model. A value holds `params` (logged as
+    parameters), `metrics` (`{name: {"value", "step"}}` or a list of those, kedro-mlflow's metric-history
+    format), optional `tags`, and `reports` (`{file name: dict}`, logged as JSON under `reports/`).
+    Without a run in progress (kedro-mlflow off) the children are top-level runs of the active
+    experiment, tagged with the study. Write-only: read the runs back with `mlflow.search_runs`.
+
+    Example catalog entry::
+
+        protocol_runs:
+          type: all_detection.datasets.MlflowChildRunsDataset
+          study: protocol_comparison
+    """
+
+    # MLflow's log_batch takes at most 1000 metrics per call.
+    _BATCH = 1000
+
+    def __init__(self, study: str, metadata: dict[str, Any] | None = None):
+        self._study = study
+        self.metadata = metadata
+
+    def load(self) -> None:
+        raise DatasetError(
+            f"The {self._study} runs are in MLflow: read them with mlflow.search_runs(filter_string="
+            "\"tags.mlflow.parentRunId = '<run id>'\")"
+        )
+
+    def save(self, data: dict[str, dict[str, Any]]) -> None:
+        parent = mlflow.active_run()
+        client = mlflow.MlflowClient()
+        for name, record in data.items():
+            tags = {"study": self._study, **record.get("tags", {})}
+            with mlflow.start_run(
+                run_name=name,
+                nested=parent is not None,
+                experiment_id=parent.info.experiment_id if parent else None,
+                tags=tags,
+            ) as child:
+                mlflow.log_params(record.get("params", {}))
+                now = int(time.time() * 1000)
+                metrics = [
+                    Metric(key, float(point["value"]), now, int(point["step"]))
+                    for key, points in record.get("metrics", {}).items()
+                    for point in (points if isinstance(points, list) else [points])
+                ]
+                for start in range(0, len(metrics), self._BATCH):
+                    client.log_batch(child.info.run_id, metrics=metrics[start : start + self._BATCH])
+                for file_name, content in record.get("reports", {}).items():
+                    mlflow.log_dict(content, f"reports/{file_name}")
+
+    def _describe(self) -> dict[str, Any]:
+        return {"study": self._study}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
-# Run only when asked for by name: inference scores a folder of new images (inference.input_dir).
-ON_DEMAND = frozenset({"inference"})
+# Run only when asked for by name: inference scores a folder of new images (inference.input_dir); the
+# studies train several models each and repeat the data stages they need.
+ON_DEMAND = frozenset({"inference", "protocol_comparison", "cross_validation", "input_mode_comparison"})
 
 
 def register_pipelines() -> dict[str, Pipeline]:

@@ -17,7 +17,7 @@ from all_detection.pipelines.augmentation.nodes import (
     plot_augmentation_examples,
 )
 from all_detection.synthetic import render_smear
-from tests.conftest import PROJECT_ROOT
+from tests.projects import PROJECT_ROOT
 
 SIZE = 32
 SEED = 42

@@ -47,6 +47,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["model", "test_images"],
                 outputs="model_registration",
                 name="register_model_node",
+                # The studies (protocol_comparison...) train several models and register none of them.
+                tags="registration",
             ),
         ],
         tags="training",

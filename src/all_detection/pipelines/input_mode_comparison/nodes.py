@@ -1,0 +1,55 @@
+"""Input-mode comparison: which view of a smear the model should see. `original` is the paper's;
+`segmented` (stained cells on black) and `masked` (background dimmed) use the HSV blast mask; `dual`
+feeds both, as the dataset's authors did. Each mode is one namespaced run of the project's pipelines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from all_detection.studies import HEADLINE_METRICS, headline, plot_interval_comparison
+
+
+def with_input_mode(preprocessing: dict[str, Any], input_mode: str) -> dict[str, Any]:
+    """The preprocessing settings as configured, with `input_mode` in place of the configured one."""
+    return {**preprocessing, "input_mode": input_mode}
+
+
+def compare_input_modes(**metrics_by_mode: dict[str, Any]) -> pd.DataFrame:
+    """One row per input mode: test and validation accuracy and macro F1 with the bounds of their
+    bootstrap intervals, the split sizes and the epochs trained; in the order the modes are given."""
+    rows = []
+    for mode, metrics in metrics_by_mode.items():
+        row: dict[str, Any] = {"input_mode": mode}
+        for split, numbers in headline(metrics).items():
+            row[f"{split}_n"] = numbers["n"]
+            for metric in HEADLINE_METRICS:
+                low, high = numbers[f"{metric}_ci"] or (None, None)
+                row[f"{split}_{metric}"] = numbers[metric]
+                row[f"{split}_{metric}_ci_low"], row[f"{split}_{metric}_ci_high"] = low, high
+        row["train_images"] = metrics["run"]["split_sizes"]["train"]
+        row["epochs_run"] = metrics["run"]["epochs_run"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_input_modes(comparison: pd.DataFrame) -> Figure:
+    """Test accuracy and macro F1 of each input mode with their bootstrap intervals."""
+    summaries = {
+        row["input_mode"]: {
+            "test": {
+                **{metric: row[f"test_{metric}"] for metric in HEADLINE_METRICS},
+                **{
+                    f"{metric}_ci": [row[f"test_{metric}_ci_low"], row[f"test_{metric}_ci_high"]]
+                    for metric in HEADLINE_METRICS
+                },
+            }
+        }
+        for row in comparison.to_dict("records")
+    }
+    return plot_interval_comparison(
+        summaries, "Test accuracy and macro F1 by input mode, with bootstrap intervals"
+    )

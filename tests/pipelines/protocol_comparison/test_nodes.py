@@ -1,0 +1,128 @@
+"""The paper's augment-then-split protocol and the comparison report, on tiny arrays."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from all_detection.layout import CLASSES
+from all_detection.pipelines.evaluation.nodes import measure_leakage
+from all_detection.pipelines.protocol_comparison.nodes import (
+    augment_then_split,
+    compare_protocols,
+    comparison_mlflow_metrics,
+    plot_protocol_comparison,
+)
+from tests.configuration import configured_parameters
+
+PARAMETERS = configured_parameters()
+SPLIT = {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 7}
+
+
+def stack(split: str, per_class: int, offset: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """`per_class` flat 8x8 images of each class, each a distinct grey level so views can be traced."""
+    labels = np.repeat(CLASSES, per_class)
+    ids = [f"Original/{label}/{split}-{k}.jpg" for k, label in enumerate(labels)]
+    images = np.stack([np.full((8, 8, 3), offset + k, dtype=np.uint8) for k in range(len(labels))])
+    index = pd.DataFrame(
+        {
+            "image_id": ids,
+            "label": labels,
+            "label_index": [CLASSES.index(label) for label in labels],
+            "group": [f"group-{image_id}" for image_id in ids],
+            "split": split,
+        }
+    )
+    return images, index
+
+
+@pytest.fixture(scope="module")
+def paper_split() -> tuple:
+    parts = [stack("train", 7, 0), stack("val", 1, 100), stack("test", 2, 150)]
+    inputs = [item for part in parts for item in part]
+    return inputs, augment_then_split(*inputs, PARAMETERS["augmentation"], SPLIT)
+
+
+def test_every_image_is_augmented_before_the_views_are_split_at_random(paper_split: tuple):
+    inputs, (train, train_index, val, val_index, test, test_index) = paper_split
+    indices = pd.concat([train_index, val_index, test_index], ignore_index=True)
+    # All 40 images, each with round(n * 4.3) views per class, the source among them as view 0.
+    assert len(indices) == 4 * round(10 * 4.3) == len(train) + len(val) + len(test)
+    assert indices["view_id"].is_unique and (indices["image_id"] == indices["view_id"]).all()
+    sources = {*inputs[1]["image_id"], *inputs[3]["image_id"], *inputs[5]["image_id"]}
+    assert set(indices["source_id"]) == sources
+    # Split over views, stratified by class, in the fractions asked of images.
+    assert len(test) == pytest.approx(0.2 * len(indices), abs=4)
+    assert len(val) == pytest.approx(0.1 * len(indices), abs=4)
+    assert (test_index["label"].value_counts() >= 3).all()
+    # Views of one image on both sides of the split: the leakage the paper's protocol has.
+    leakage = measure_leakage(train_index, val_index, test_index)
+    assert leakage["test"]["fraction_same_source"] > 0.5
+    # Each view's pixels come from its source (view 0 unchanged), in the index's row order.
+    source_images = {
+        image_id: image
+        for images, index in zip(inputs[::2], inputs[1::2], strict=True)
+        for image_id, image in zip(index["image_id"], images, strict=True)
+    }
+    unchanged = np.flatnonzero(test_index["view"] == 0)
+    assert len(unchanged) > 0
+    for row in unchanged:
+        np.testing.assert_array_equal(test[row], source_images[test_index["source_id"].iloc[row]])
+
+
+def test_the_paper_split_is_seeded(paper_split: tuple):
+    inputs, first = paper_split
+    again = augment_then_split(*inputs, PARAMETERS["augmentation"], SPLIT)
+    for one, other in zip(first, again, strict=True):
+        if isinstance(one, pd.DataFrame):
+            pd.testing.assert_frame_equal(one, other)
+        else:
+            np.testing.assert_array_equal(one, other)
+
+
+def metrics(accuracy: float, macro_f1: float, leaked: float, n: int) -> dict:
+    block = {
+        "n": n,
+        "accuracy": accuracy,
+        "macro_f1": macro_f1,
+        "confidence_intervals": {
+            "accuracy": [accuracy - 0.1, accuracy + 0.05],
+            "macro_f1": [macro_f1 - 0.1, 1.0],
+        },
+    }
+    return {
+        "test": block,
+        "val": {**block, "n": n // 2},
+        "run": {
+            "split_sizes": {"train": 30, "train_views": 120, "val": n // 2, "test": n},
+            "leakage": {"test": {"fraction_same_source": leaked}, "val": {"fraction_same_source": leaked}},
+        },
+    }
+
+
+def test_the_comparison_holds_both_protocols_and_the_paper_s_excess():
+    comparison = compare_protocols(metrics(0.99, 0.98, 0.97, 700), metrics(0.9, 0.88, 0.0, 160))
+    assert set(comparison["protocols"]) == {"paper", "leakage_free"}
+    paper = comparison["protocols"]["paper"]
+    assert paper["test"] == {
+        "n": 700,
+        "accuracy": 0.99,
+        "accuracy_ci": [0.89, 1.04],
+        "macro_f1": 0.98,
+        "macro_f1_ci": [0.88, 1.0],
+    }
+    assert "augmented" in paper["description"] and paper["leakage"]["test"]["fraction_same_source"] == 0.97
+    assert comparison["paper_minus_leakage_free"]["test_accuracy"] == pytest.approx(0.09)
+    assert comparison["paper_minus_leakage_free"]["test_macro_f1"] == pytest.approx(0.10)
+
+    flat = comparison_mlflow_metrics(comparison)
+    assert flat["paper_test_accuracy"] == {"value": 0.99, "step": 0}
+    assert flat["leakage_free_test_leaked_fraction"] == {"value": 0.0, "step": 0}
+    assert flat["paper_minus_leakage_free_test_accuracy"]["value"] == pytest.approx(0.09)
+
+    figure = plot_protocol_comparison(comparison)
+    assert isinstance(figure, Figure)
+    plt.close(figure)
