@@ -36,25 +36,18 @@ from all_detection.model import (
     build_head,
     one_hot,
 )
-from all_detection.pipelines.augmentation.nodes import augment_training_split
+from all_detection.pipelines import augmentation, ingestion, preprocessing
 from all_detection.pipelines.inference.nodes import load_classifier, scan_inference_folder, score_images
-from all_detection.pipelines.ingestion.nodes import (
-    assign_splits,
-    build_manifest,
-    group_duplicates,
-    pair_segmented_copies,
-    quarantine_conflicting_duplicates,
-    scan_image_folder,
-)
-from all_detection.pipelines.preprocessing.nodes import prepare_model_inputs
 from all_detection.pipelines.training.nodes import (
     cache_base_features,
     describe_device,
     extract_features,
     train_classifier,
 )
+from all_detection.studies import run_in_memory
 from all_detection.synthetic import render_smear, write_synthetic_dataset
 
+SPLIT_STACKS = ["train_images", "train_index", "val_images", "val_index"]
 PROJECT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 CONF = PROJECT / "conf" / "base"
@@ -110,24 +103,25 @@ def measure_features(images: np.ndarray, weights: str | None, batch_size: int) -
 
 
 def prepared_splits(root: Path, per_class: int, image_size: int, params: dict[str, Any]) -> dict[str, Any]:
-    """A synthetic dataset run through the project's ingestion, preprocessing and augmentation nodes."""
+    """A synthetic dataset run through the project's ingestion, preprocessing and augmentation pipelines."""
     write_synthetic_dataset(root, per_class=per_class, image_size=224, seed=params["split"]["seed"])
-    files = scan_image_folder({"root": str(root)}, params["ingestion"])
-    files = pair_segmented_copies(quarantine_conflicting_duplicates(files))
-    files = group_duplicates(files, params["ingestion"]["near_duplicate_max_bits"])
-    manifest = build_manifest(assign_splits(files, params["split"]))
-    preprocessing = {**params["preprocessing"], "image_size": image_size}
-    train, train_index, val, val_index, test, _ = prepare_model_inputs(
-        manifest, {"root": str(root)}, preprocessing, params["ingestion"]
-    )
-    views, view_index = augment_training_split(
-        train, train_index, params["augmentation"], params["split"]["seed"]
+    parameters = {
+        **params,
+        "dataset": {"root": str(root)},
+        "preprocessing": {**params["preprocessing"], "image_size": image_size},
+    }
+    stages = ingestion.create_pipeline() + preprocessing.create_pipeline() + augmentation.create_pipeline()
+    made = run_in_memory(
+        stages,
+        {},
+        parameters,
+        [*SPLIT_STACKS, "test_images", "augmented_train_images", "augmented_train_index"],
     )
     return {
-        "train": (train, train_index),
-        "val": (val, val_index),
-        "test": test,
-        "views": (views, view_index),
+        "train": (made["train_images"], made["train_index"]),
+        "val": (made["val_images"], made["val_index"]),
+        "test": made["test_images"],
+        "views": (made["augmented_train_images"], made["augmented_train_index"]),
     }
 
 

@@ -8,17 +8,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from all_detection.pipelines import ingestion
 from all_detection.pipelines.ingestion.nodes import (
     CONFLICTING_LABELS,
     DatasetLayoutError,
     assign_splits,
-    build_manifest,
     group_duplicates,
     pair_segmented_copies,
     quarantine_conflicting_duplicates,
     scan_image_folder,
     summarise_data_quality,
 )
+from all_detection.studies import run_in_memory
 from tests.defects import write_defective_dataset
 
 INGESTION = {"min_side_px": 32, "max_pixels": 40_000_000, "max_file_mb": 100, "near_duplicate_max_bits": 10}
@@ -26,11 +27,9 @@ SPLIT = {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 42}
 
 
 def ingest(root: Path, split: dict = SPLIT) -> pd.DataFrame:
-    """The ingestion pipeline's nodes in order, as the pipeline wires them."""
-    files = scan_image_folder({"root": str(root)}, INGESTION)
-    files = pair_segmented_copies(quarantine_conflicting_duplicates(files))
-    files = group_duplicates(files, INGESTION["near_duplicate_max_bits"])
-    return build_manifest(assign_splits(files, split))
+    """The manifest the ingestion pipeline makes of `root`, run in memory as the project wires it."""
+    parameters = {"dataset": {"root": str(root)}, "ingestion": INGESTION, "split": split}
+    return run_in_memory(ingestion.create_pipeline(), {}, parameters, ["manifest"])["manifest"]
 
 
 def file_table(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
