@@ -147,7 +147,8 @@ def child_runs(**runs: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def plot_interval_comparison(summaries: dict[str, dict[str, Any]], title: str, split: str = "test") -> Figure:
-    """Accuracy and macro F1 of each run on `split` as bars with their bootstrap intervals."""
+    """Accuracy and macro F1 of each run on `split` as bars with their bootstrap intervals, and under
+    each run's name the number of images its numbers rest on."""
     names = list(summaries)
     figure, ax = plt.subplots(figsize=(2.2 + 1.6 * len(names), 3.6))
     width = 0.8 / len(HEADLINE_METRICS)
@@ -161,8 +162,9 @@ def plot_interval_comparison(summaries: dict[str, dict[str, Any]], title: str, s
         positions = np.arange(len(names)) + (offset - (len(HEADLINE_METRICS) - 1) / 2) * width
         bars = ax.bar(positions, values, width, yerr=[low, high], capsize=4,
                       label=metric.replace("_", " "))  # fmt: skip
-        ax.bar_label(bars, labels=[f"{value:.3f}" for value in values], fontsize=7, padding=2)
-    ax.set_xticks(np.arange(len(names)), [name.replace("_", " ") for name in names])
+        ax.bar_label(bars, labels=[f"{value:.3f}" for value in values], label_type="center", fontsize=7)
+    ticks = [f"{name.replace('_', ' ')}\nn = {summaries[name][split].get('n', '?')}" for name in names]
+    ax.set_xticks(np.arange(len(names)), ticks)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel(f"{split} score")
     ax.set_title(title, fontsize=10)

@@ -41,6 +41,7 @@ def plot_input_modes(comparison: pd.DataFrame) -> Figure:
     summaries = {
         row["input_mode"]: {
             "test": {
+                "n": row["test_n"],
                 **{metric: row[f"test_{metric}"] for metric in HEADLINE_METRICS},
                 **{
                     f"{metric}_ci": [row[f"test_{metric}_ci_low"], row[f"test_{metric}_ci_high"]]
