@@ -124,6 +124,8 @@ def test_the_notebooks_run_top_to_bottom_on_the_demo_outputs(project: Path, monk
     printed = {}
     for path in sorted((project / "notebooks").glob("*.ipynb")):
         notebook = nbformat.read(path, as_version=4)
+        code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+        assert all(not cell.outputs and cell.execution_count is None for cell in code), "stored with outputs"
         NotebookClient(notebook, timeout=600, kernel_name="python3",
                        resources={"metadata": {"path": str(path.parent)}}).execute()  # fmt: skip
         printed[path.name] = "".join(
