@@ -65,6 +65,9 @@ def test_protocol_comparison_reports_both_protocols_with_their_measured_leakage(
     assert leakage_free["leakage"]["test"]["same_source_in_training"] == 0
     assert leakage_free["leakage"]["test"]["same_group_in_training"] == 0
     assert leakage_free["split_sizes"] == {"train": 28, "train_views": 120, "val": 4, "test": 8}
+    assert leakage_free["test_accuracy_by_view"]["unaugmented"]["n"] == 8
+    by_view = paper["test_accuracy_by_view"]
+    assert by_view["unaugmented"]["n"] + by_view["augmented"]["n"] == paper["test"]["n"]
     assert (project / "data/08_reporting/protocol_comparison.png").stat().st_size > 0
     card = (project / "data/08_reporting/paper/model_card.md").read_text()
     assert "Leaky protocol" in card

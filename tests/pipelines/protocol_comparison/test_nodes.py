@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from all_detection.layout import CLASSES
 from all_detection.pipelines.evaluation.nodes import measure_leakage
 from all_detection.pipelines.protocol_comparison.nodes import (
+    accuracy_by_view,
     augment_then_split,
     compare_protocols,
     comparison_mlflow_metrics,
@@ -103,8 +104,32 @@ def metrics(accuracy: float, macro_f1: float, leaked: float, n: int) -> dict:
     }
 
 
+def predictions(image_ids: list[str], correct: list[bool]) -> pd.DataFrame:
+    return pd.DataFrame({"image_id": image_ids, "correct": correct})
+
+
+PAPER_VIEWS = pd.DataFrame({"image_id": ["a#0", "a#1", "b#2", "c#0"], "view": [0, 1, 2, 0]})
+IMAGES = pd.DataFrame({"image_id": ["x.jpg", "y.jpg"]})
+
+
+def test_accuracy_is_split_between_unaugmented_images_and_random_views():
+    paper = accuracy_by_view(
+        predictions(["a#0", "a#1", "b#2", "c#0"], [True, False, True, True]), PAPER_VIEWS
+    )
+    assert paper == {"unaugmented": {"n": 2, "accuracy": 1.0}, "augmented": {"n": 2, "accuracy": 0.5}}
+    untouched = accuracy_by_view(predictions(["x.jpg", "y.jpg"], [True, False]), IMAGES)
+    assert untouched == {"unaugmented": {"n": 2, "accuracy": 0.5}, "augmented": {"n": 0, "accuracy": None}}
+
+
 def test_the_comparison_holds_both_protocols_and_the_paper_s_excess():
-    comparison = compare_protocols(metrics(0.99, 0.98, 0.97, 700), metrics(0.9, 0.88, 0.0, 160))
+    comparison = compare_protocols(
+        metrics(0.99, 0.98, 0.97, 700),
+        predictions(["a#0", "a#1", "b#2", "c#0"], [True, True, True, False]),
+        PAPER_VIEWS,
+        metrics(0.9, 0.88, 0.0, 160),
+        predictions(["x.jpg", "y.jpg"], [True, True]),
+        IMAGES,
+    )
     assert set(comparison["protocols"]) == {"paper", "leakage_free"}
     paper = comparison["protocols"]["paper"]
     assert paper["test"] == {
@@ -115,13 +140,18 @@ def test_the_comparison_holds_both_protocols_and_the_paper_s_excess():
         "macro_f1_ci": [0.88, 1.0],
     }
     assert "augmented" in paper["description"] and paper["leakage"]["test"]["fraction_same_source"] == 0.97
-    assert comparison["paper_minus_leakage_free"]["test_accuracy"] == pytest.approx(0.09)
-    assert comparison["paper_minus_leakage_free"]["test_macro_f1"] == pytest.approx(0.10)
+    assert paper["test_accuracy_by_view"]["unaugmented"] == {"n": 2, "accuracy": 0.5}
+    excess = comparison["paper_minus_leakage_free"]
+    assert excess["test_accuracy"] == pytest.approx(0.09)
+    assert excess["test_macro_f1"] == pytest.approx(0.10)
+    assert excess["test_accuracy_unaugmented"] == pytest.approx(-0.5)
 
     flat = comparison_mlflow_metrics(comparison)
     assert flat["paper_test_accuracy"] == {"value": 0.99, "step": 0}
     assert flat["leakage_free_test_leaked_fraction"] == {"value": 0.0, "step": 0}
     assert flat["paper_minus_leakage_free_test_accuracy"]["value"] == pytest.approx(0.09)
+    assert flat["paper_test_accuracy_augmented"] == {"value": 1.0, "step": 0}
+    assert "leakage_free_test_accuracy_augmented" not in flat  # no views to score
 
     figure = plot_protocol_comparison(comparison)
     assert isinstance(figure, Figure)

@@ -55,7 +55,15 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 compare_protocols,
-                inputs=["paper.metrics", "leakage_free.metrics"],
+                # The leakage-free protocol tests on the shared test split, the paper's on its own views.
+                inputs=[
+                    "paper.metrics",
+                    "paper.test_predictions",
+                    "paper.test_index",
+                    "leakage_free.metrics",
+                    "leakage_free.test_predictions",
+                    "test_index",
+                ],
                 outputs="protocol_comparison",
                 name="compare_protocols_node",
             ),
