@@ -128,6 +128,18 @@ def test_model_input_shape_and_content_per_mode(mode, channels):
         assert (prepared[0, 0, :3] == SLIDE).all()
 
 
+@pytest.mark.parametrize("size", [32, 27, 96])
+def test_dual_input_is_the_original_and_segmented_inputs_stacked_at_any_size(size):
+    # 64 to 27 or 96 is no integer factor: OpenCV's general resize takes at most 4 channels at once.
+    image, _ = smear(64)
+    settings = {**PREPROCESSING, "image_size": size}
+    dual, _ = model_input(image, {**settings, "input_mode": "dual"})
+    original, _ = model_input(image, {**settings, "input_mode": "original"})
+    segmented, _ = model_input(image, {**settings, "input_mode": "segmented"})
+    assert dual.shape == (size, size, 6)
+    np.testing.assert_array_equal(dual, np.concatenate([original, segmented], axis=-1))
+
+
 def test_unknown_input_mode_is_refused():
     with pytest.raises(ValueError, match="input_mode"):
         model_input(smear()[0], {**PREPROCESSING, "input_mode": "stacked"})

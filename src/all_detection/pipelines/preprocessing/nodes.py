@@ -59,8 +59,13 @@ def model_input(rgb: np.ndarray, preprocessing: dict[str, Any]) -> tuple[np.ndar
     else:
         planes = np.concatenate([rgb, segment(rgb, mask)], axis=-1)
     size = preprocessing["image_size"]
-    resized = cv2.resize(planes, (size, size), interpolation=cv2.INTER_AREA)
-    return resized.reshape(size, size, -1), mask
+    # OpenCV resizes at most 4 channels at once outside its integer-factor fast path: resize the
+    # 3-channel images, then stack (the dual mode's 6 channels as two images).
+    resized = [
+        cv2.resize(planes[..., start : start + 3], (size, size), interpolation=cv2.INTER_AREA)
+        for start in range(0, planes.shape[-1], 3)
+    ]
+    return np.concatenate([image.reshape(size, size, -1) for image in resized], axis=-1), mask
 
 
 def input_channels(input_mode: str) -> int:
