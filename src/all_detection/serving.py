@@ -34,10 +34,12 @@ class StageClassifier(mlflow.pyfunc.PythonModel):
 
         self.model = keras.models.load_model(context.artifacts["keras_model"], safe_mode=True)
 
+    # `np.ndarray` alone, a type MLflow does not infer a schema from: the logged signature validates
+    # the input, and a union with dict made MLflow warn on every import of this module.
     def predict(
         self,
         context: mlflow.pyfunc.PythonModelContext,
-        model_input: np.ndarray | dict[str, np.ndarray],
+        model_input: np.ndarray,
         params: dict | None = None,
     ) -> pd.DataFrame:
         if isinstance(model_input, dict):  # a named tensor, as the REST endpoint's "inputs" may send it
