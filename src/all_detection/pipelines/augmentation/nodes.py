@@ -127,51 +127,19 @@ def _round_half_up(value: float) -> int:
     return math.floor(value + 0.5 + 1e-9)
 
 
-def augment_training_split(
-    train_images: np.ndarray, train_index: pd.DataFrame, augmentation: dict[str, Any], seed: int
-) -> tuple[np.ndarray, pd.DataFrame]:
-    """Every training image followed by its random views, as one uint8 stack and an index of its rows.
+def plan_views(index: pd.DataFrame, augmentation: dict[str, Any], seed: int) -> pd.DataFrame:
+    """Which views each image gets, before any is made: one row per view, each image followed by its own.
 
     The number of views per image follows `count_views` (`augmentation.multiplier` and `balance`).
-    View 0 is the source image unchanged; views 1.. pass through `build_augmenter` in batches of
-    `augmentation.batch_size`, rounded and clipped back to uint8, so no float copy of the whole set is
-    ever held and a memory-mapped input is read a batch at a time. The same seed, batch size and Keras
-    backend give byte-identical views (each backend has its own random streams). Index columns:
-    `view_id` (`<image_id>#<view>`), `source_id`, `label`, `label_index`, `group` and `view`.
+    Columns: `view_id` (`<image_id>#<view>`), `source_id`, `label`, `label_index`, `group`, `view` (0 is
+    the source itself) and `source_row`, the image's row in `index` (and in its image stack).
     """
-    if len(train_images) != len(train_index):
-        raise ValueError(f"{len(train_images)} training images but {len(train_index)} index rows")
-    multiplier, balance = augmentation["multiplier"], augmentation["balance"]
-    views_per_image = count_views(train_index["label"], multiplier, balance, seed)
-    source_rows = np.repeat(np.arange(len(train_index)), views_per_image)
+    views_per_image = count_views(index["label"], augmentation["multiplier"], augmentation["balance"], seed)
+    source_rows = np.repeat(np.arange(len(index)), views_per_image)
     first_rows = np.cumsum(views_per_image) - views_per_image
     view = np.arange(len(source_rows)) - np.repeat(first_rows, views_per_image)
-
-    augmented_views = np.empty((len(source_rows), *train_images.shape[1:]), dtype=np.uint8)
-    batch_size = augmentation["batch_size"]
-    originals = np.flatnonzero(view == 0)
-    for start in range(0, len(originals), batch_size):
-        rows = originals[start : start + batch_size]
-        augmented_views[rows] = train_images[source_rows[rows]]
-        release_pages(train_images)
-
-    augmenter = build_augmenter(augmentation["transforms"], seed)
-    transformed = np.flatnonzero(view > 0)
-    logger.info(
-        "Augmenting %d training images into %d views (%d transformed)",
-        len(train_index), len(source_rows), len(transformed),
-    )  # fmt: skip
-    progress = Progress(logger, "transformed views", len(transformed))
-    for start in range(0, len(transformed), batch_size):
-        rows = transformed[start : start + batch_size]
-        batch = np.asarray(train_images[source_rows[rows]], dtype=np.float32)
-        views = keras.ops.clip(keras.ops.round(augmenter(batch, training=True)), *_PIXEL_RANGE)
-        augmented_views[rows] = keras.ops.convert_to_numpy(keras.ops.cast(views, "uint8"))
-        release_pages(train_images)
-        progress.advance(len(rows))
-
-    sources = train_index.iloc[source_rows].reset_index(drop=True)
-    augmented_index = pd.DataFrame(
+    sources = index.iloc[source_rows].reset_index(drop=True)
+    return pd.DataFrame(
         {
             "view_id": sources["image_id"].astype(str) + "#" + pd.Series(view).astype(str),
             "source_id": sources["image_id"],
@@ -179,9 +147,60 @@ def augment_training_split(
             "label_index": sources["label_index"],
             "group": sources["group"],
             "view": view,
+            "source_row": source_rows,
         }
     )
-    return augmented_views, augmented_index
+
+
+def render_views(
+    images: np.ndarray, plan: pd.DataFrame, augmentation: dict[str, Any], seed: int
+) -> np.ndarray:
+    """The pixels of every planned view, in the plan's row order, as one uint8 stack.
+
+    View 0 is the source image unchanged; the other views pass through `build_augmenter` in plan order,
+    `augmentation.batch_size` at a time, rounded and clipped back to uint8, so no float copy of the
+    whole set is ever held and a memory-mapped `images` is read a batch at a time. The same plan, seed,
+    batch size and Keras backend give byte-identical views (each backend has its own random streams).
+    """
+    source_rows, view = plan["source_row"].to_numpy(), plan["view"].to_numpy()
+    augmented_views = np.empty((len(plan), *images.shape[1:]), dtype=np.uint8)
+    batch_size = augmentation["batch_size"]
+    originals = np.flatnonzero(view == 0)
+    for start in range(0, len(originals), batch_size):
+        rows = originals[start : start + batch_size]
+        augmented_views[rows] = images[source_rows[rows]]
+        release_pages(images)
+
+    augmenter = build_augmenter(augmentation["transforms"], seed)
+    transformed = np.flatnonzero(view > 0)
+    logger.info(
+        "Augmenting %d images into %d views (%d transformed)",
+        len(np.unique(source_rows)), len(plan), len(transformed),
+    )  # fmt: skip
+    progress = Progress(logger, "transformed views", len(transformed))
+    for start in range(0, len(transformed), batch_size):
+        rows = transformed[start : start + batch_size]
+        batch = np.asarray(images[source_rows[rows]], dtype=np.float32)
+        views = keras.ops.clip(keras.ops.round(augmenter(batch, training=True)), *_PIXEL_RANGE)
+        augmented_views[rows] = keras.ops.convert_to_numpy(keras.ops.cast(views, "uint8"))
+        release_pages(images)
+        progress.advance(len(rows))
+    return augmented_views
+
+
+def augment_training_split(
+    train_images: np.ndarray, train_index: pd.DataFrame, augmentation: dict[str, Any], seed: int
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Every training image followed by its random views, as one uint8 stack and an index of its rows.
+
+    `plan_views` decides the views (how many per image, `augmentation.multiplier` and `balance`),
+    `render_views` makes them. Index columns: `view_id` (`<image_id>#<view>`), `source_id`, `label`,
+    `label_index`, `group` and `view`.
+    """
+    if len(train_images) != len(train_index):
+        raise ValueError(f"{len(train_images)} training images but {len(train_index)} index rows")
+    plan = plan_views(train_index, augmentation, seed)
+    return render_views(train_images, plan, augmentation, seed), plan.drop(columns="source_row")
 
 
 def plot_augmentation_examples(

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.model_selection import train_test_split
 
-from all_detection.pipelines.augmentation.nodes import augment_training_split
+from all_detection.pipelines.augmentation.nodes import plan_views, render_views
 from all_detection.studies import HEADLINE_METRICS, headline, plot_interval_comparison
 
 PROTOCOLS = {
@@ -46,27 +46,32 @@ def augment_then_split(
     then the views are divided at random, stratified by class, into the same test and validation
     fractions of views as `split` asks of images. Returns training, validation and test stacks with
     their indices; each view's row keeps its `source_id` and duplicate `group`, so the leakage this
-    causes is measured downstream, and its `image_id` is the view's own id.
+    causes is measured downstream, and its `image_id` is the view's own id. The views are planned and
+    split first and made once, in split order, so the three stacks are parts of one array.
     """
+    seed = split["seed"]
     pooled_index = pd.concat([train_index, val_index, test_index], ignore_index=True)
-    pooled_images = np.concatenate([np.asarray(images) for images in (train_images, val_images, test_images)])
-    views, view_index = augment_training_split(pooled_images, pooled_index, augmentation, split["seed"])
-    del pooled_images
-    view_index = view_index.assign(image_id=view_index["view_id"])
-    rows = np.arange(len(view_index))
+    plan = plan_views(pooled_index, augmentation, seed)
     rest, test_rows = train_test_split(
-        rows, test_size=split["test_fraction"], stratify=view_index["label"], random_state=split["seed"]
+        plan.index.to_numpy(), test_size=split["test_fraction"], stratify=plan["label"], random_state=seed
     )
     train_rows, val_rows = train_test_split(
         rest,
         test_size=split["val_fraction"] / (1 - split["test_fraction"]),
-        stratify=view_index["label"].iloc[rest],
-        random_state=split["seed"],
+        stratify=plan["label"].iloc[rest],
+        random_state=seed,
     )
+    parts = [np.sort(rows) for rows in (train_rows, val_rows, test_rows)]
+    plan = plan.iloc[np.concatenate(parts)].reset_index(drop=True)
+    pooled_images = np.concatenate([np.asarray(images) for images in (train_images, val_images, test_images)])
+    views = render_views(pooled_images, plan, augmentation, seed)
+    view_index = plan.drop(columns="source_row").assign(image_id=plan["view_id"])
     outputs: list[Any] = []
-    for part in (train_rows, val_rows, test_rows):
-        ordered = np.sort(part)
-        outputs += [views[ordered], view_index.iloc[ordered].reset_index(drop=True)]
+    start = 0
+    for rows in parts:
+        stop = start + len(rows)
+        outputs += [views[start:stop], view_index.iloc[start:stop].reset_index(drop=True)]
+        start = stop
     return tuple(outputs)
 
 
