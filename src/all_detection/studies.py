@@ -76,6 +76,19 @@ def reading(pipeline: Pipeline, parameter: str, dataset: str) -> Pipeline:
     )
 
 
+def pooled_index(
+    train_index: pd.DataFrame, val_index: pd.DataFrame, test_index: pd.DataFrame
+) -> pd.DataFrame:
+    """Every usable image's index row: the training, validation and test splits' rows, in that order,
+    the order `pooled_images` stacks their pixels in."""
+    return pd.concat([train_index, val_index, test_index], ignore_index=True)
+
+
+def pooled_images(train_images: np.ndarray, val_images: np.ndarray, test_images: np.ndarray) -> np.ndarray:
+    """Every usable image in one in-memory stack, in `pooled_index`'s order."""
+    return np.concatenate([np.asarray(images) for images in (train_images, val_images, test_images)])
+
+
 def parameter_value(parameters: dict[str, Any], name: str) -> Any:
     """The value of a `params:a.b` input in the nested parameters dictionary."""
     value: Any = parameters

@@ -41,6 +41,6 @@ def test_the_table_has_one_row_per_mode_in_order_with_intervals():
     assert (row["test_accuracy_ci_low"], row["test_accuracy_ci_high"]) == (0.75, 0.95)
     assert row["test_macro_f1_ci_low"] is None
     assert row["train_images"] == 112 and row["epochs_run"] == 12
-    figure = plot_input_modes(table)
+    figure = plot_input_modes(original=metrics(0.8, 9), dual=metrics(0.85, 12))
     assert isinstance(figure, Figure)
     plt.close(figure)

@@ -21,6 +21,8 @@ from all_detection.studies import (
     headline,
     model_run,
     plot_interval_comparison,
+    pooled_images,
+    pooled_index,
     run_in_memory,
 )
 
@@ -39,7 +41,7 @@ def assign_folds(
     k is `cross_validation.folds`. Folds are stratified by class, seeded, and never divide a duplicate
     group. Every class needs at least k groups, or some fold would have none of it to test on.
     """
-    pooled = pd.concat([train_index, val_index, test_index], ignore_index=True)
+    pooled = pooled_index(train_index, val_index, test_index)
     k = int(cross_validation["folds"])
     groups_per_class = pooled.groupby("label")["group"].nunique()
     if k < 2 or (groups_per_class < k).any():
@@ -77,7 +79,7 @@ def cross_validate(
     (no figures, no model card). Returns each fold's metrics.json and its MLflow child-run record,
     keyed `fold_1`... Images must be the three splits' stacks in the order `assign_folds` pooled them.
     """
-    images = np.concatenate([np.asarray(stack) for stack in (train_images, val_images, test_images)])
+    images = pooled_images(train_images, val_images, test_images)
     if len(images) != len(folds):
         raise ValueError(f"{len(images)} images but {len(folds)} rows in the fold assignment")
     seed, k = parameters["split"]["seed"], int(folds["fold"].max())

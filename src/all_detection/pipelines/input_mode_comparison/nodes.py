@@ -36,21 +36,9 @@ def compare_input_modes(**metrics_by_mode: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_input_modes(comparison: pd.DataFrame) -> Figure:
+def plot_input_modes(**metrics_by_mode: dict[str, Any]) -> Figure:
     """Test accuracy and macro F1 of each input mode with their bootstrap intervals."""
-    summaries = {
-        row["input_mode"]: {
-            "test": {
-                "n": row["test_n"],
-                **{metric: row[f"test_{metric}"] for metric in HEADLINE_METRICS},
-                **{
-                    f"{metric}_ci": [row[f"test_{metric}_ci_low"], row[f"test_{metric}_ci_high"]]
-                    for metric in HEADLINE_METRICS
-                },
-            }
-        }
-        for row in comparison.to_dict("records")
-    }
     return plot_interval_comparison(
-        summaries, "Test accuracy and macro F1 by input mode, with bootstrap intervals"
+        {mode: headline(metrics) for mode, metrics in metrics_by_mode.items()},
+        "Test accuracy and macro F1 by input mode, with bootstrap intervals",
     )

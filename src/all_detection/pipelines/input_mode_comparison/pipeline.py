@@ -51,7 +51,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_input_modes,
-                inputs="input_mode_comparison",
+                inputs={mode: f"{mode}_input.metrics" for mode in INPUT_MODES},
                 outputs="input_mode_comparison_figure",
                 name="plot_input_modes_node",
             ),

@@ -15,7 +15,13 @@ from matplotlib.figure import Figure
 from sklearn.model_selection import train_test_split
 
 from all_detection.pipelines.augmentation.nodes import plan_views, render_views
-from all_detection.studies import HEADLINE_METRICS, headline, plot_interval_comparison
+from all_detection.studies import (
+    HEADLINE_METRICS,
+    headline,
+    plot_interval_comparison,
+    pooled_images,
+    pooled_index,
+)
 
 PROTOCOLS = {
     "paper": (
@@ -50,8 +56,7 @@ def augment_then_split(
     split first and made once, in split order, so the three stacks are parts of one array.
     """
     seed = split["seed"]
-    pooled_index = pd.concat([train_index, val_index, test_index], ignore_index=True)
-    plan = plan_views(pooled_index, augmentation, seed)
+    plan = plan_views(pooled_index(train_index, val_index, test_index), augmentation, seed)
     rest, test_rows = train_test_split(
         plan.index.to_numpy(), test_size=split["test_fraction"], stratify=plan["label"], random_state=seed
     )
@@ -63,8 +68,7 @@ def augment_then_split(
     )
     parts = [np.sort(rows) for rows in (train_rows, val_rows, test_rows)]
     plan = plan.iloc[np.concatenate(parts)].reset_index(drop=True)
-    pooled_images = np.concatenate([np.asarray(images) for images in (train_images, val_images, test_images)])
-    views = render_views(pooled_images, plan, augmentation, seed)
+    views = render_views(pooled_images(train_images, val_images, test_images), plan, augmentation, seed)
     view_index = plan.drop(columns="source_row").assign(image_id=plan["view_id"])
     outputs: list[Any] = []
     start = 0
