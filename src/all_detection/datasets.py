@@ -4,6 +4,7 @@ memory-mapped, and MLflow child runs nested under the run kedro-mlflow opened.""
 from __future__ import annotations
 
 import mmap
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
           filepath: data/05_model_input/train_images.npy
     """
 
+    _SLAB_BYTES = 64 * 2**20
+
     def __init__(self, filepath: str, mmap_mode: str | None = "r", metadata: dict[str, Any] | None = None):
         self._filepath = Path(filepath)
         self._mmap_mode = mmap_mode
@@ -39,8 +42,21 @@ class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
     def save(self, data: np.ndarray) -> None:
         self._filepath.parent.mkdir(parents=True, exist_ok=True)
         partial = self._filepath.with_name(f".{self._filepath.name}.partial")
-        with partial.open("wb") as file:
-            np.save(file, np.asarray(data), allow_pickle=False)
+        data = np.asanyarray(data)  # a memory map stays one, so its pages can be released
+        if data.ndim == 0 or data.size == 0:
+            with partial.open("wb") as file:
+                np.save(file, np.asarray(data), allow_pickle=False)
+        else:
+            # Copied a slab at a time, releasing the pages of both, so saving a memory-mapped stack of
+            # a few gigabytes never holds more than a slab of it in this process's memory.
+            written = np.lib.format.open_memmap(partial, mode="w+", dtype=data.dtype, shape=data.shape)
+            rows = max(1, self._SLAB_BYTES // max(data[:1].nbytes, 1))
+            for start in range(0, len(data), rows):
+                written[start : start + rows] = data[start : start + rows]
+                release_pages(data)
+                release_pages(written)
+            written.flush()
+            del written
         partial.replace(self._filepath)
 
     def _exists(self) -> bool:
@@ -48,6 +64,18 @@ class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "mmap_mode": self._mmap_mode}
+
+
+def scratch_array(shape: tuple[int, ...], dtype: str | np.dtype) -> np.ndarray:
+    """A writable array backed by a temporary file that is already deleted: what is written can leave
+    this process's memory (`release_pages`) and is read back from disk when touched, and the file's
+    space returns to the system when the array is garbage collected, even after a crash.
+
+    For stacks of features or views that a node returns and the catalog then saves: they need not fit
+    in memory beside everything else.
+    """
+    with tempfile.NamedTemporaryFile(prefix="all_detection_", suffix=".npy") as file:
+        return np.lib.format.open_memmap(file.name, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
 
 
 def release_pages(array: np.ndarray) -> None:
