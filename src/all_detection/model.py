@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 # VGG16's ImageNet weights were trained on BGR images with these channel means subtracted ("caffe" mode).
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
 VGG16_BLOCKS = 5
+#: The symmetries of the square: 4 quarter turns, each also mirrored.
+DIHEDRAL_SYMMETRIES = 8
+#: The frozen base's output, the default `training.cache_at`: all of VGG16 frozen.
+BASE_OUTPUT = "block5_pool"
 
 
 class BaseWeightsError(RuntimeError):
@@ -50,17 +54,45 @@ class InputScaling(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="all_detection")
 class ChannelHalf(keras.layers.Layer):
-    """One RGB half of a 6-channel dual image: `half` 0 is the original, 1 the segmented copy."""
+    """One half of the channels of a dual input: `half` 0 is the original, 1 the segmented copy.
 
-    def __init__(self, half: int = 0, **kwargs: Any) -> None:
+    `width` channels make a half: 3 of a 6-channel dual image, or as many as one image's cached maps.
+    """
+
+    def __init__(self, half: int = 0, width: int = 3, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.half = half
+        self.half, self.width = half, width
 
     def call(self, images):
-        return images[..., 3 * self.half : 3 * self.half + 3]
+        return images[..., self.width * self.half : self.width * (self.half + 1)]
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "half": self.half}
+        return {**super().get_config(), "half": self.half, "width": self.width}
+
+
+@keras.saving.register_keras_serializable(package="all_detection")
+class DihedralView(keras.layers.Layer):
+    """One of the 8 symmetries of the square: `turns` quarter turns (0-3), then a left-right mirror
+    when `mirror`. Exact on pixels (no interpolation), and a smear has no up, down, left or right."""
+
+    def __init__(self, turns: int = 0, mirror: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.turns, self.mirror = turns, mirror
+
+    @classmethod
+    def of_symmetry(cls, number: int, **kwargs: Any) -> DihedralView:
+        """Symmetry `number` of the 8: quarter turns `number % 4`, mirrored when `number >= 4` (0 is the
+        image itself), the numbering of the training views and of test-time augmentation alike."""
+        if not 0 <= number < DIHEDRAL_SYMMETRIES:
+            raise ValueError(f"a square has {DIHEDRAL_SYMMETRIES} symmetries, numbered 0-7, not {number}")
+        return cls(number % 4, number >= 4, **kwargs)
+
+    def call(self, images):
+        views = keras.ops.rot90(images, k=self.turns, axes=(1, 2)) if self.turns else images
+        return keras.ops.flip(views, axis=2) if self.mirror else views
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "turns": self.turns, "mirror": self.mirror}
 
 
 def build_base(
@@ -122,17 +154,64 @@ def _load_weights(base: keras.Model, base_weights: str | None) -> None:
         ) from None
 
 
-def build_feature_extractor(base: keras.Model, channels: int, input_scaling: str) -> keras.Model:
-    """Images (0-255, 3 channels, or 6 for dual) to the frozen base's feature maps.
+def base_layer_names(base: keras.Model) -> list[str]:
+    """VGG16's layers in order, input first: where `training.cache_at` may cut it."""
+    return [layer.name for layer in base.layers]
 
-    A dual image's two halves go through the same base and their feature maps are concatenated.
+
+def _layers_above(base: keras.Model, cache_at: str) -> list[keras.layers.Layer]:
+    names = base_layer_names(base)
+    if cache_at not in names[1:]:
+        raise ValueError(f"training.cache_at must be one of VGG16's layers {names[1:]}, not {cache_at!r}")
+    return base.layers[names.index(cache_at) + 1 :]
+
+
+def build_feature_extractor(
+    base: keras.Model, channels: int, input_scaling: str, cache_at: str = BASE_OUTPUT
+) -> keras.Model:
+    """Images (0-255, 3 channels, or 6 for dual) to the frozen maps of VGG16 at `cache_at`.
+
+    `cache_at` is the layer whose output is cached: the base's output (`block5_pool`) freezes all of
+    VGG16; a layer inside it (`block5_conv2`, `block4_pool`...) leaves the layers above to
+    `build_base_above`, which trains them. A dual image's two halves go through the same layers and
+    their maps are concatenated.
     """
+    _layers_above(base, cache_at)
+    below = base if cache_at == BASE_OUTPUT else keras.Model(base.input, base.get_layer(cache_at).output)
     size = base.input_shape[1]
     images = keras.Input((size, size, channels), name="images")
     halves = [images] if channels == 3 else [ChannelHalf(half)(images) for half in (0, 1)]
-    features = [base(InputScaling(input_scaling)(half), training=False) for half in halves]
-    joined = features[0] if len(features) == 1 else keras.layers.Concatenate(name="dual_features")(features)
+    maps = [below(InputScaling(input_scaling)(half), training=False) for half in halves]
+    joined = maps[0] if len(maps) == 1 else keras.layers.Concatenate(name="dual_features")(maps)
     return keras.Model(images, joined, name="feature_extractor")
+
+
+def build_base_above(
+    base: keras.Model, cache_at: str, map_shape: tuple[int, ...], halves: int
+) -> keras.Model | None:
+    """VGG16's layers above `cache_at`, from the cached maps to the base's output features; None when
+    the cut is the base's output.
+
+    The layers are VGG16's own (same weights), trainable: training them on cached maps is exactly
+    fine-tuning the top of the network, since nothing below the cut would change. A dual input's two
+    halves of the maps pass through the same layers, as its two images passed through the same base.
+    """
+    above = _layers_above(base, cache_at)
+    if not above:
+        return None
+    maps = keras.Input(map_shape, name="cached_maps")
+    width = map_shape[-1] // halves
+    parts = [maps] if halves == 1 else [ChannelHalf(half, width)(maps) for half in range(halves)]
+    outputs = []
+    for part in parts:
+        x = part
+        for layer in above:
+            x = layer(x)
+        outputs.append(x)
+    joined = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate(name="dual_features")(outputs)
+    network = keras.Model(maps, joined, name="base_above_cut")
+    network.trainable = True
+    return network
 
 
 def build_head(feature_shape: tuple[int, ...], head: dict[str, Any]) -> keras.Model:
@@ -157,12 +236,63 @@ def build_head(feature_shape: tuple[int, ...], head: dict[str, Any]) -> keras.Mo
 
 
 def assemble_classifier(
-    feature_extractor: keras.Model, head: keras.Model, augmenter: keras.Model | None = None
+    feature_extractor: keras.Model,
+    head: keras.Model,
+    augmenter: keras.Model | None = None,
+    base_above: keras.Model | None = None,
 ) -> keras.Model:
-    """Images to class probabilities: optional on-the-fly augmentation, the frozen base, the head."""
+    """Images to class probabilities: optional on-the-fly augmentation, the frozen base up to the cut,
+    the base's layers above the cut (if any), the head."""
     images = keras.Input(feature_extractor.input_shape[1:], name="images")
-    x = augmenter(images) if augmenter is not None else images
-    return keras.Model(images, head(feature_extractor(x)), name="all_classifier")
+    x = feature_extractor(augmenter(images) if augmenter is not None else images)
+    if base_above is not None:
+        x = base_above(x)
+    return keras.Model(images, head(x), name="all_classifier")
+
+
+#: `evaluation.tta`: `none`, or `dihedral`, the mean of the probabilities of the 8 dihedral views.
+TTA_MODES = ("none", "dihedral")
+
+
+def with_test_time_augmentation(classifier: keras.Model, tta: str) -> keras.Model:
+    """The classifier itself (`none`) or one that averages its probabilities over the 8 dihedral views
+    of each image (`dihedral`: 4 quarter turns, each also mirrored).
+
+    The views are exact, so a classifier that ignores orientation gives the same answer either way. The
+    averaging lives inside the returned model, so the saved model, inference and MLflow serving all
+    apply what evaluation measured.
+    """
+    if tta not in TTA_MODES:
+        raise ValueError(f"evaluation.tta must be one of {TTA_MODES}, not {tta!r}")
+    if tta == "none":
+        return classifier
+    images = keras.Input(classifier.input_shape[1:], name="images")
+    views = [
+        classifier(DihedralView.of_symmetry(number, name=f"symmetry_{number}")(images))
+        for number in range(DIHEDRAL_SYMMETRIES)
+    ]
+    return keras.Model(images, keras.layers.Average(name="dihedral_mean")(views), name="classifier_with_tta")
+
+
+def inner_classifier(model: keras.Model) -> keras.Model:
+    """The classifier inside a test-time-augmented model (the model itself otherwise): Grad-CAM needs
+    one view's gradients."""
+    try:
+        return model.get_layer("all_classifier")
+    except ValueError:
+        return model
+
+
+def vgg16_layers(classifier: keras.Model) -> list[keras.layers.Layer]:
+    """VGG16's layers in a trained classifier, in forward order, wherever the cut put them: the frozen
+    part inside the feature extractor, then the part above the cut. A test-time-augmented model's
+    classifier is searched."""
+    classifier = inner_classifier(classifier)
+    parts = [
+        layer for layer in classifier.get_layer("feature_extractor").layers if isinstance(layer, keras.Model)
+    ]
+    parts += [layer for layer in classifier.layers if layer.name == "base_above_cut"]
+    return [layer for part in parts for layer in part.layers if layer.name.startswith("block")]
 
 
 def unfreeze_last_blocks(base: keras.Model, blocks: int) -> list[str]:

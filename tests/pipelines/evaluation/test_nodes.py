@@ -205,6 +205,9 @@ SUMMARY = {
     "base_weights": {"requested": "imagenet", "used": "None", "warning": "Could not download. Falling back."},
     "epochs_run": 7,
     "best_epoch": 3,
+    "cache_at": "block5_pool",
+    "fine_tuned_layers": [],
+    "class_weight": "none",
 }
 DATA_QUALITY = {
     "dataset_root": "data/01_raw/demo_ALL",
@@ -241,7 +244,17 @@ NO_LEAKAGE = measure_leakage(
 def metrics(known: dict) -> dict:
     val = evaluate_split(predictions_from(np.diag([1, 1, 1, 1])), EVALUATION, SEED)
     preprocessing = {"input_mode": "original", "image_size": 96}
-    return assemble_metrics(val, known, SUMMARY, TRAIN_INDEX, VIEW_INDEX, NO_LEAKAGE, preprocessing)
+    return assemble_metrics(
+        val,
+        known,
+        SUMMARY,
+        TRAIN_INDEX,
+        VIEW_INDEX,
+        NO_LEAKAGE,
+        preprocessing,
+        {"balance": False},
+        "dihedral",
+    )
 
 
 def test_leakage_counts_held_out_images_whose_source_or_group_was_trained_on():
@@ -283,6 +296,13 @@ def test_metrics_follow_the_contract_and_are_valid_json(metrics: dict):
         "device": "CPU (2 cores)",
         "input_mode": "original",
         "image_size": 96,
+        "recipe": {
+            "cache_at": "block5_pool",
+            "fine_tuned_layers": [],
+            "class_weight": "none",
+            "balanced_augmentation": False,
+            "tta": "dihedral",
+        },
         "split_sizes": {"train": 28, "train_views": 112, "val": 4, "test": 40},
         "leakage": NO_LEAKAGE,
     }
@@ -338,6 +358,16 @@ def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
         metrics, SUMMARY, {**DATA_QUALITY, "dataset_root": "data/01_raw/ALL"}, MODEL
     )
     assert "Leaky protocol" not in card
+    # The recipe: this run's VGG16 was frozen, and its predictions averaged over the 8 dihedral views.
+    assert "**Frozen**" in card and "`dihedral`" in card and "loss weights `none`" in card
+
+
+def test_model_card_names_the_fine_tuned_layers(metrics: dict):
+    recipe = {**metrics["run"]["recipe"], "cache_at": "block5_conv2", "fine_tuned_layers": ["block5_conv3"]}
+    card = write_model_card(
+        {**metrics, "run": {**metrics["run"], "recipe": recipe}}, SUMMARY, DATA_QUALITY, MODEL
+    )
+    assert "**Fine-tuned**" in card and "block5_conv3 trained with it" in card and "`block5_conv2`" in card
 
 
 def test_model_card_says_so_when_test_images_leaked_into_training(metrics: dict):

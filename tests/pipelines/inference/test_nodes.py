@@ -12,8 +12,16 @@ import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from all_detection.image_io import decode_rgb
 from all_detection.layout import CLASSES
-from all_detection.model import assemble_classifier, build_base, build_feature_extractor, build_head
+from all_detection.model import (
+    assemble_classifier,
+    build_base,
+    build_feature_extractor,
+    build_head,
+    with_test_time_augmentation,
+)
+from all_detection.pipelines.evaluation.nodes import predict_split
 from all_detection.pipelines.inference import create_pipeline
 from all_detection.pipelines.inference.nodes import (
     PREDICTION_COLUMNS,
@@ -23,6 +31,7 @@ from all_detection.pipelines.inference.nodes import (
     score_images,
 )
 from all_detection.pipelines.ingestion.nodes import walk_without_following_links
+from all_detection.pipelines.preprocessing.nodes import model_input
 from tests.defects import write_defective_dataset
 
 CONF = Path(__file__).resolve().parents[3] / "conf/base"
@@ -52,6 +61,17 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     classifier = assemble_classifier(extractor, build_head(extractor.output_shape[1:], HEAD))
     path = tmp_path_factory.mktemp("model") / "model.keras"
     classifier.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tta_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model saved as training saves it with `evaluation.tta: dihedral`."""
+    base, _ = build_base(32, None)
+    extractor = build_feature_extractor(base, 3, "imagenet")
+    classifier = assemble_classifier(extractor, build_head(extractor.output_shape[1:], HEAD))
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    with_test_time_augmentation(classifier, "dihedral").save(path)
     return path
 
 
@@ -120,6 +140,32 @@ def test_scores_do_not_depend_on_the_batch_size(image_folder, model_file, predic
     files = scan_inference_folder(inference, INGESTION)
     in_fives = score_images(files, load_classifier(inference), inference, PREPROCESSING, INGESTION)
     pd.testing.assert_frame_equal(in_fives, predictions, rtol=1e-5)
+
+
+def test_inference_applies_test_time_augmentation_exactly_as_evaluation_does(
+    image_folder, tta_model_file, predictions
+):
+    root, _ = image_folder
+    inference = inference_params(root, tta_model_file, batch_size=7)
+    model = load_classifier(inference)
+    scored = score_images(
+        scan_inference_folder(inference, INGESTION), model, inference, PREPROCESSING, INGESTION
+    )
+    ok = scored[scored["status"] == "ok"].reset_index(drop=True)
+    # Evaluation's way: the same files prepared by model_input into a stack, through predict_split.
+    limits = {"min_side": INGESTION["min_side_px"], "max_pixels": INGESTION["max_pixels"]}
+    stack = np.stack(
+        [
+            model_input(decode_rgb((root / path).read_bytes(), **limits).rgb, PREPROCESSING)[0]
+            for path in ok["path"]
+        ]
+    )
+    index = pd.DataFrame({"image_id": ok["path"], "label": CLASSES[0], "label_index": 0})
+    evaluated = predict_split(model, stack, index, batch_size=16)
+    np.testing.assert_allclose(
+        ok[PROBABILITIES].to_numpy(dtype=float), evaluated[PROBABILITIES].to_numpy(), rtol=1e-5, atol=1e-7
+    )
+    assert ok["predicted"].tolist() == evaluated["predicted"].tolist()
 
 
 def test_a_file_gone_since_the_scan_is_quarantined_not_fatal(tmp_path, model_file):

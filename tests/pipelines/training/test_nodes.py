@@ -20,8 +20,9 @@ from all_detection.model import (
     build_feature_extractor,
     build_head,
     unfreeze_last_blocks,
+    vgg16_layers,
 )
-from all_detection.pipelines.training.nodes import cache_base_features, train_classifier
+from all_detection.pipelines.training.nodes import cache_base_features, class_weights, train_classifier
 
 CONF = Path(__file__).resolve().parents[3] / "conf/base"
 MODEL = {**yaml.safe_load((CONF / "parameters_training.yml").read_text())["model"], "base_weights": None}
@@ -152,6 +153,59 @@ def test_online_fine_tuning_trains_only_the_last_blocks(toy_splits):
             keras.ops.convert_to_numpy(reference_base.get_layer(layer.name).weights[0]),
         )
         assert changed == layer.name.startswith("block5"), layer.name
+
+
+def test_cached_fine_tuning_trains_only_the_layers_above_the_cut(toy_splits):
+    keras.utils.set_random_seed(SEED)
+    reference_base, _ = build_base(32, None)
+    training = {**TINY, "cache_at": "block5_conv2", "fine_tune_epochs": 3, "fine_tune_learning_rate": 1e-5}
+    # Validated on its own training images, so that fine-tuning, which lowers the training loss, is
+    # kept for this test's checks; the next test covers fine-tuning that does not help.
+    classifier, history, summary = train({**toy_splits, "val": toy_splits["train"]}, training)
+    assert history["phase"].tolist() == ["head"] * 12 + ["fine_tune"] * 3
+    assert history["epoch"].tolist() == list(range(1, 16))
+    assert summary["cache_at"] == "block5_conv2" and summary["fine_tuned_layers"] == ["block5_conv3"]
+    # block5_conv2's maps (2x2 at 32 px) were cached, not the base's output.
+    assert summary["feature_cache"]["feature_shape"] == [2, 2, 512]
+    # Only the layers above the cut and the head can receive gradients...
+    trainable = {id(variable) for variable in classifier.trainable_weights}
+    above = classifier.get_layer("base_above_cut").get_layer("block5_conv3")
+    head = classifier.get_layer("head")
+    assert trainable == {id(variable) for variable in above.trainable_weights + head.trainable_weights}
+    # ...and they did: the weights kept are fine-tuning's, and nothing below the cut moved.
+    assert history.loc[history["val_loss"].idxmin(), "phase"] == "fine_tune"
+    for layer in vgg16_layers(classifier):
+        if layer.weights:
+            changed = not np.array_equal(
+                keras.ops.convert_to_numpy(layer.weights[0]),
+                keras.ops.convert_to_numpy(reference_base.get_layer(layer.name).weights[0]),
+            )
+            assert changed == (layer.name == "block5_conv3"), layer.name
+
+
+def test_fine_tuning_that_does_not_help_is_undone(toy_splits):
+    keras.utils.set_random_seed(SEED)
+    reference_base, _ = build_base(32, None)
+    # A rate this high wrecks the layers above the cut at once.
+    training = {**TINY, "epochs": 4, "cache_at": "block5_conv2", "fine_tune_epochs": 1,
+                "fine_tune_learning_rate": 10.0}  # fmt: skip
+    classifier, history, _ = train(toy_splits, training)
+    assert history.loc[history["val_loss"].idxmin(), "phase"] == "head"
+    kept = classifier.get_layer("base_above_cut").get_layer("block5_conv3").weights[0]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(kept),
+        keras.ops.convert_to_numpy(reference_base.get_layer("block5_conv3").weights[0]),
+    )
+
+
+def test_balanced_class_weights_give_each_class_the_same_total():
+    labels = np.array([0] * 10 + [1] * 30 + [2] * 40 + [3] * 20)
+    weights = class_weights(labels, "balanced")
+    totals = [weights[labels == label].sum() for label in range(4)]
+    assert totals == pytest.approx([25.0] * 4) and weights.mean() == pytest.approx(1.0)
+    assert class_weights(labels, "none") is None
+    with pytest.raises(ValueError, match=r"training\.class_weight"):
+        class_weights(labels, "inverse")
 
 
 def test_unfreezing_counts_blocks_from_the_top():

@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay, roc_curve
 
 from all_detection.layout import CLASSES
-from all_detection.model import InputScaling
+from all_detection.model import InputScaling, inner_classifier, vgg16_layers
 
 from .nodes import LABELS, PROBABILITY_COLUMNS, calibration_bins, expected_calibration_error, one_vs_rest_auc
 
@@ -173,25 +173,19 @@ def gradcam_heatmaps(model: keras.Model, images: np.ndarray, class_indices: np.n
     """
     import tensorflow as tf  # noqa: PLC0415 - Keras 3 has no backend-neutral gradient; only this needs it
 
-    extractor, head = model.get_layer("feature_extractor"), model.get_layer("head")
-    base = extractor.get_layer("vgg16")
+    classifier = inner_classifier(model)
+    extractor, head = classifier.get_layer("feature_extractor"), classifier.get_layer("head")
     scaling = next(layer for layer in extractor.layers if isinstance(layer, InputScaling))
-    conv = base.get_layer(GRADCAM_LAYER)
-    to_conv = keras.Model(base.inputs, conv.output)
-    after_conv = base.layers[base.layers.index(conv) + 1 :]
+    layers = vgg16_layers(classifier)
+    conv = [layer.name for layer in layers].index(GRADCAM_LAYER)
     stage = head.get_layer("stage")
     to_stage = keras.Model(head.inputs, stage.input)
     batch = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
     halves = [batch[..., 3 * half : 3 * half + 3] for half in range(batch.shape[-1] // 3)]
-    maps = [to_conv(scaling(half), training=False) for half in halves]
+    maps = [_through(layers[: conv + 1], scaling(half)) for half in halves]
     with tf.GradientTape() as tape:
         tape.watch(maps[0])
-        features = []
-        for feature_map in maps:
-            pooled = feature_map
-            for layer in after_conv:
-                pooled = layer(pooled)
-            features.append(pooled)
+        features = [_through(layers[conv + 1 :], feature_map) for feature_map in maps]
         joined = features[0] if len(features) == 1 else tf.concat(features, axis=-1)
         # The class score before softmax, as in the paper: a confident softmax has vanishing gradients.
         logits = tf.matmul(tf.cast(to_stage(joined, training=False), stage.kernel.dtype), stage.kernel)
@@ -201,6 +195,12 @@ def gradcam_heatmaps(model: keras.Model, images: np.ndarray, class_indices: np.n
     heatmaps = tf.nn.relu(tf.reduce_sum(weights * tf.cast(maps[0], tf.float32), axis=-1)).numpy()
     peaks = heatmaps.max(axis=(1, 2), keepdims=True)
     return np.divide(heatmaps, peaks, out=np.zeros_like(heatmaps), where=peaks > 0)
+
+
+def _through(layers: list[keras.layers.Layer], x):
+    for layer in layers:
+        x = layer(x)
+    return x
 
 
 def _most_confident(predictions: pd.DataFrame, mask: pd.Series, count: int) -> list[int]:

@@ -277,10 +277,14 @@ def assemble_metrics(
     augmented_train_index: pd.DataFrame,
     leakage: dict[str, Any],
     preprocessing: dict[str, Any],
+    augmentation: dict[str, Any],
+    tta: str,
 ) -> dict[str, Any]:
     """metrics.json: the test and validation blocks and a `run` block saying what was evaluated (training
-    mode and epochs, base weights actually used, device, input mode and size, the split sizes with the
-    number of training views, and the measured `leakage` of training into validation and test)."""
+    mode and epochs, base weights actually used, device, input mode and size, the `recipe`: where VGG16
+    was cut and which of its layers were fine-tuned, class weights, class-balanced augmentation and
+    test-time augmentation; the split sizes with the number of training views, and the measured
+    `leakage` of training into validation and test)."""
     return {
         "test": test_metrics,
         "val": val_metrics,
@@ -292,6 +296,13 @@ def assemble_metrics(
             "device": training_summary["device"],
             "input_mode": preprocessing["input_mode"],
             "image_size": preprocessing["image_size"],
+            "recipe": {
+                "cache_at": training_summary["cache_at"],
+                "fine_tuned_layers": training_summary["fine_tuned_layers"],
+                "class_weight": training_summary["class_weight"],
+                "balanced_augmentation": bool(augmentation["balance"]),
+                "tta": tta,
+            },
             "split_sizes": {
                 "train": len(train_index),
                 "train_views": len(augmented_train_index),
@@ -405,8 +416,9 @@ def write_model_card(
     intervals = test.get("confidence_intervals", {})
     level = round(100 * intervals.get("level", 0.95))
     head = model.get("head", {})
+    recipe = run.get("recipe", {})
     lines = [
-        "# Model card: ALL Detection (frozen VGG16 with a small convolutional head)",
+        "# Model card: ALL Detection (VGG16 transfer learning with a small convolutional head)",
         "",
     ]
     if synthetic:
@@ -449,8 +461,9 @@ def write_model_card(
         "",
         "## Model",
         "",
-        f"- VGG16 convolutional base, **frozen**, weights requested `{weights.get('requested')}`, "
+        f"- VGG16 convolutional base, weights requested `{weights.get('requested')}`, "
         f"used `{weights.get('used')}`; input scaling `{model.get('input_scaling', 'n/a')}`.",
+        f"- {_fine_tuning(recipe)}",
         f"- Head: 3x3 convolutions {head.get('conv_filters', 'n/a')} with max-pooling, dense layers "
         f"{head.get('dense_units', 'n/a')} with batch normalisation and dropout "
         f"{head.get('dropout', 'n/a')}, softmax over {len(CLASSES)} classes.",
@@ -460,6 +473,9 @@ def write_model_card(
         "",
         f"- Mode `{run['mode']}`, {run['epochs_run']} epochs run, weights of epoch {run['best_epoch']} "
         f"(lowest validation loss) kept; device: {run['device']}.",
+        f"- Class balance: loss weights `{recipe.get('class_weight', 'none')}`, class-balanced "
+        f"augmentation {'on' if recipe.get('balanced_augmentation') else 'off'}.",
+        f"- Test-time augmentation: {_tta(recipe.get('tta', 'none'))}",
         "",
         f"## Test results ({test.get('n', 0)} images)",
         "",
@@ -548,6 +564,26 @@ def _split_protocol(
         f"test {requested.get('test_fraction', 'n/a')} and validation {requested.get('val_fraction', 'n/a')} "
         "of the usable images of each class.",
     ]
+
+
+def _fine_tuning(recipe: dict[str, Any]) -> str:
+    tuned = recipe.get("fine_tuned_layers") or []
+    if not tuned:
+        return "**Frozen**: all of VGG16 keeps its ImageNet weights; only the head was trained."
+    return (
+        f"**Fine-tuned**: the head trained first on the frozen features, then VGG16's "
+        f"{', '.join(tuned)} trained with it (the base was cached at `{recipe.get('cache_at')}`); "
+        "every layer below stayed as ImageNet trained it."
+    )
+
+
+def _tta(tta: str) -> str:
+    if tta == "dihedral":
+        return (
+            "`dihedral`: each image's probabilities are the mean over its 8 exact rotations and mirror "
+            "images, in evaluation, inference and MLflow serving alike."
+        )
+    return "none."
 
 
 def _reasons(by_reason: dict[str, int]) -> str:

@@ -64,6 +64,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "augmented_train_index",
                     "split_leakage",
                     "params:preprocessing",
+                    "params:augmentation",
+                    "params:evaluation.tta",
                 ],
                 outputs="metrics",
                 name="assemble_metrics_node",

@@ -1,7 +1,9 @@
-"""Wires training: cache the frozen base's features once, fit the head (or train online), register."""
+"""Wires training: cache the frozen base's features once, fit the head and fine-tune above the cut (or
+train online), add test-time augmentation to the saved model, register it."""
 
 from kedro.pipeline import Node, Pipeline
 
+from all_detection.model import with_test_time_augmentation
 from all_detection.serving import register_model
 
 from .nodes import cache_base_features, train_classifier
@@ -39,8 +41,16 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:training",
                     "params:split.seed",
                 ],
-                outputs=["model", "training_history", "training_summary"],
+                outputs=["trained_classifier", "training_history", "training_summary"],
                 name="train_classifier_node",
+            ),
+            # The saved model averages over the views evaluation.tta names, so evaluation, inference and
+            # MLflow serving all apply the same test-time augmentation.
+            Node(
+                with_test_time_augmentation,
+                inputs=["trained_classifier", "params:evaluation.tta"],
+                outputs="model",
+                name="add_test_time_augmentation_node",
             ),
             Node(
                 register_model,
