@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from all_detection.layout import CLASSES
+from all_detection.model import DihedralView
 from all_detection.pipelines.augmentation.nodes import (
     augment_training_split,
     build_augmenter,
@@ -36,11 +38,13 @@ PAPER = {**ALL_OFF, "rotation_degrees": 180, "shear": 0.2, "zoom": 0.2, "horizon
 EVERY_TRANSFORM = {**PAPER, "brightness": 0.2, "contrast": 0.2}
 
 
-def augmentation(transforms: dict = PAPER, multiplier: float | dict = 3.5, balance: bool = False) -> dict:
+def augmentation(
+    transforms: dict = PAPER, multiplier: float | dict = 3.5, balance: bool = False, dihedral: bool = False
+) -> dict:
     if not isinstance(multiplier, dict):
         multiplier = dict.fromkeys(CLASSES, multiplier)
-    return {"multiplier": multiplier, "balance": balance, "batch_size": 4, "transforms": transforms,
-            "examples_per_class": 3}  # fmt: skip
+    return {"multiplier": multiplier, "balance": balance, "dihedral_views": dihedral, "batch_size": 4,
+            "transforms": transforms, "examples_per_class": 3}  # fmt: skip
 
 
 def training_split(per_class: dict[str, int], channels: int = 3) -> tuple[np.ndarray, pd.DataFrame]:
@@ -156,7 +160,10 @@ def test_views_come_from_training_images_only_and_view_0_is_the_source(smears):
     views, views_index = augment_training_split(images, index, augmentation(), SEED)
     assert set(views_index["source_id"]) == set(index["image_id"])
     assert set(views_index["source_id"]).isdisjoint(held_out_ids)
-    assert list(views_index.columns) == ["view_id", "source_id", "label", "label_index", "group", "view"]
+    assert list(views_index.columns) == [
+        "view_id", "source_id", "label", "label_index", "group", "view", "symmetry",
+    ]  # fmt: skip
+    assert (views_index["symmetry"] == np.where(views_index["view"] == 0, 0, -1)).all()
     assert (views_index["view_id"] == views_index["source_id"] + "#" + views_index["view"].astype(str)).all()
     assert views_index["view_id"].is_unique
     inherited = ["label", "label_index", "group"]
@@ -166,6 +173,28 @@ def test_views_come_from_training_images_only_and_view_0_is_the_source(smears):
         assert (views_index.loc[of_source, inherited] == source[inherited]).all().all()
         assert np.array_equal(views[of_source[0]], images[row])
         assert not any(np.array_equal(views[later], images[row]) for later in of_source[1:])
+
+
+def test_dihedral_views_are_the_8_exact_symmetries_then_the_random_views(smears):
+    images, index = smears
+    views, views_index = augment_training_split(images, index, augmentation(dihedral=True), SEED)
+    plain, plain_index = augment_training_split(images, index, augmentation(), SEED)
+    # 7 exact symmetries on top of the source, and byte for byte the same random views.
+    assert len(views) == len(plain) + 7 * len(index)
+    random_views = views[(views_index["symmetry"] == -1).to_numpy()]
+    assert np.array_equal(random_views, plain[(plain_index["view"] > 0).to_numpy()])
+    for row, source in index.iterrows():
+        of_source = views_index.index[views_index["source_id"] == source["image_id"]]
+        assert views_index.loc[of_source, "symmetry"].tolist()[:8] == list(range(8))
+        assert (views_index.loc[of_source[8:], "symmetry"] == -1).all()
+        turned = [np.rot90(images[row], turns, axes=(0, 1)) for turns in range(4)]
+        for number, expected in enumerate(turned + [image[:, ::-1] for image in turned]):
+            assert np.array_equal(views[of_source[number]], expected), number
+    # Test-time augmentation numbers the symmetries the same way: its view k is symmetry k here.
+    first = views_index.index[views_index["source_id"] == index["image_id"].iloc[0]]
+    for number in range(8):
+        turned = keras.ops.convert_to_numpy(DihedralView.of_symmetry(number)(images[:1].astype(np.float32)))
+        assert np.array_equal(turned[0], views[first[number]]), number
 
 
 def test_same_seed_gives_byte_identical_views_and_another_seed_other_views(smears):

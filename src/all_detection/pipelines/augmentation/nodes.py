@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from all_detection.datasets import release_pages
+from all_detection.datasets import release_pages, scratch_array
+from all_detection.model import DIHEDRAL_SYMMETRIES, DihedralView
 from all_detection.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -130,11 +131,17 @@ def _round_half_up(value: float) -> int:
 def plan_views(index: pd.DataFrame, augmentation: dict[str, Any], seed: int) -> pd.DataFrame:
     """Which views each image gets, before any is made: one row per view, each image followed by its own.
 
-    The number of views per image follows `count_views` (`augmentation.multiplier` and `balance`).
+    With `augmentation.dihedral_views`, an image's first 8 views are its exact symmetries: the image
+    itself, its three quarter turns, and the mirror images of those four (the views dihedral test-time
+    augmentation averages over); otherwise only view 0, the image itself. The random views follow,
+    as many as `count_views` gives beyond the source (`augmentation.multiplier` and `balance`).
     Columns: `view_id` (`<image_id>#<view>`), `source_id`, `label`, `label_index`, `group`, `view` (0 is
-    the source itself) and `source_row`, the image's row in `index` (and in its image stack).
+    the source itself), `symmetry` (0-7, the exact symmetry a view is, or -1 for a random view) and
+    `source_row`, the image's row in `index` (and in its image stack).
     """
-    views_per_image = count_views(index["label"], augmentation["multiplier"], augmentation["balance"], seed)
+    random_views = count_views(index["label"], augmentation["multiplier"], augmentation["balance"], seed) - 1
+    symmetries = DIHEDRAL_SYMMETRIES if augmentation["dihedral_views"] else 1
+    views_per_image = symmetries + random_views
     source_rows = np.repeat(np.arange(len(index)), views_per_image)
     first_rows = np.cumsum(views_per_image) - views_per_image
     view = np.arange(len(source_rows)) - np.repeat(first_rows, views_per_image)
@@ -147,6 +154,7 @@ def plan_views(index: pd.DataFrame, augmentation: dict[str, Any], seed: int) -> 
             "label_index": sources["label_index"],
             "group": sources["group"],
             "view": view,
+            "symmetry": np.where(view < symmetries, view, -1),
             "source_row": source_rows,
         }
     )
@@ -157,25 +165,32 @@ def render_views(
 ) -> np.ndarray:
     """The pixels of every planned view, in the plan's row order, as one uint8 stack.
 
-    View 0 is the source image unchanged; the other views pass through `build_augmenter` in plan order,
-    `augmentation.batch_size` at a time, rounded and clipped back to uint8, so no float copy of the
-    whole set is ever held and a memory-mapped `images` is read a batch at a time. The same plan, seed,
-    batch size and Keras backend give byte-identical views (each backend has its own random streams).
+    An exact symmetry (`symmetry` 0-7; 0 is the source image unchanged) is turned and mirrored by the
+    same `DihedralView` layer test-time augmentation uses; the random views pass through
+    `build_augmenter` in plan order, `augmentation.batch_size` at a time, rounded and clipped back to
+    uint8, so no float copy of the whole set is ever held and a memory-mapped `images` is read a batch
+    at a time; the views are written to a `scratch_array`, so they leave memory as they are made. The
+    same plan, seed, batch size and Keras backend give byte-identical views (each backend has its own
+    random streams).
     """
-    source_rows, view = plan["source_row"].to_numpy(), plan["view"].to_numpy()
-    augmented_views = np.empty((len(plan), *images.shape[1:]), dtype=np.uint8)
+    source_rows, symmetry = plan["source_row"].to_numpy(), plan["symmetry"].to_numpy()
+    augmented_views = scratch_array((len(plan), *images.shape[1:]), np.uint8)
     batch_size = augmentation["batch_size"]
-    originals = np.flatnonzero(view == 0)
-    for start in range(0, len(originals), batch_size):
-        rows = originals[start : start + batch_size]
-        augmented_views[rows] = images[source_rows[rows]]
-        release_pages(images)
+    for number in range(DIHEDRAL_SYMMETRIES):
+        exact = np.flatnonzero(symmetry == number)
+        turn = DihedralView.of_symmetry(number)
+        for start in range(0, len(exact), batch_size):
+            rows = exact[start : start + batch_size]
+            sources = np.asarray(images[source_rows[rows]])
+            augmented_views[rows] = sources if number == 0 else keras.ops.convert_to_numpy(turn(sources))
+            release_pages(images)
+            release_pages(augmented_views)
 
     augmenter = build_augmenter(augmentation["transforms"], seed)
-    transformed = np.flatnonzero(view > 0)
+    transformed = np.flatnonzero(symmetry < 0)
     logger.info(
-        "Augmenting %d images into %d views (%d transformed)",
-        len(np.unique(source_rows)), len(plan), len(transformed),
+        "Augmenting %d images into %d views (%d exact symmetries, %d random)",
+        len(np.unique(source_rows)), len(plan), len(plan) - len(transformed), len(transformed),
     )  # fmt: skip
     progress = Progress(logger, "transformed views", len(transformed))
     for start in range(0, len(transformed), batch_size):
@@ -184,6 +199,7 @@ def render_views(
         views = keras.ops.clip(keras.ops.round(augmenter(batch, training=True)), *_PIXEL_RANGE)
         augmented_views[rows] = keras.ops.convert_to_numpy(keras.ops.cast(views, "uint8"))
         release_pages(images)
+        release_pages(augmented_views)
         progress.advance(len(rows))
     return augmented_views
 
@@ -193,9 +209,9 @@ def augment_training_split(
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Every training image followed by its random views, as one uint8 stack and an index of its rows.
 
-    `plan_views` decides the views (how many per image, `augmentation.multiplier` and `balance`),
-    `render_views` makes them. Index columns: `view_id` (`<image_id>#<view>`), `source_id`, `label`,
-    `label_index`, `group` and `view`.
+    `plan_views` decides the views (exact symmetries with `augmentation.dihedral_views`, and how many
+    random ones per image, `multiplier` and `balance`), `render_views` makes them. Index columns:
+    `view_id` (`<image_id>#<view>`), `source_id`, `label`, `label_index`, `group`, `view` and `symmetry`.
     """
     if len(train_images) != len(train_index):
         raise ValueError(f"{len(train_images)} training images but {len(train_index)} index rows")
