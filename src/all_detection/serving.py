@@ -24,6 +24,9 @@ from all_detection.layout import PROBABILITY_COLUMNS
 logger = logging.getLogger(__name__)
 
 REGISTERED_NAME = "all_detection"
+# Images per forward pass in a served request: a model with dihedral test-time augmentation runs each
+# as 8 views, and 8 images at 224 px keep VGG16's activations near 1.4 GB (evaluation.predict_batch_size).
+PREDICT_BATCH_SIZE = 8
 
 
 class StageClassifier(mlflow.pyfunc.PythonModel):
@@ -44,7 +47,9 @@ class StageClassifier(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         if isinstance(model_input, dict):  # a named tensor, as the REST endpoint's "inputs" may send it
             (model_input,) = model_input.values()
-        probabilities = self.model.predict(np.asarray(model_input, dtype=np.float32), verbose=0)
+        probabilities = self.model.predict(
+            np.asarray(model_input, dtype=np.float32), batch_size=PREDICT_BATCH_SIZE, verbose=0
+        )
         return pd.DataFrame(probabilities, columns=PROBABILITY_COLUMNS)
 
 
