@@ -47,7 +47,7 @@ from all_detection.model import (
     build_head,
     one_hot,
 )
-from all_detection.pipelines.augmentation.nodes import plan_views, render_views
+from all_detection.pipelines.augmentation.nodes import count_views, plan_views, render_views
 from all_detection.pipelines.cross_validation.nodes import _validation_rows, assign_folds
 from all_detection.pipelines.training.nodes import _train_cached, hardware_setup
 from all_detection.studies import pooled_images, pooled_index
@@ -140,9 +140,30 @@ def training_views(
     random_views: np.ndarray,
     random_sources: np.ndarray,
     views: str,
+    index: pd.DataFrame,
+    augmentation: dict[str, Any],
+    seed: int,
 ) -> tuple[np.ndarray, pd.Series]:
     """The fold's training maps: each image itself, with `dihedral` its 7 other symmetries, with
-    `random` its random views, as augmentation would render them."""
+    `random` its random views, as augmentation would render them; with `sampled`, as many views as
+    the multiplier gives (`count_views`), each image itself and then a seeded draw of its other
+    symmetries, all distinct (multipliers up to 8)."""
+    if views == "sampled":
+        fold_labels = index["label"].iloc[train_rows].reset_index(drop=True)
+        counts = count_views(fold_labels, augmentation["multiplier"], augmentation["balance"], seed)
+        if counts.max() > DIHEDRAL_SYMMETRIES:
+            raise ValueError("sampled views cover multipliers up to 8")
+        rng = np.random.default_rng(seed)
+        rows, numbers = [], []
+        for row, count in zip(train_rows, counts, strict=True):
+            rows += [row] * count
+            numbers += [0, *(rng.permutation(DIHEDRAL_SYMMETRIES - 1)[: count - 1] + 1)]
+        rows, numbers = np.array(rows), np.array(numbers)
+        maps = np.empty((len(rows), *symmetries[0].shape[1:]), dtype=symmetries[0].dtype)
+        for number in range(DIHEDRAL_SYMMETRIES):
+            chosen = np.flatnonzero(numbers == number)
+            maps[chosen] = symmetries[number][rows[chosen]]
+        return maps, pd.Series(labels[rows])
     parts, part_labels = [symmetries[0][train_rows]], [labels[train_rows]]
     if "dihedral" in views:
         parts += [symmetries[number][train_rows] for number in range(1, DIHEDRAL_SYMMETRIES)]
@@ -187,8 +208,9 @@ def run(name: str, settings: argparse.Namespace) -> dict[str, Any]:
             val_rows = _validation_rows(folds[folds["fold"] != fold], share, seed)
             train_rows = np.setdiff1d(np.flatnonzero(folds["fold"] != fold), val_rows)
             train_maps, view_labels = training_views(
-                train_rows, labels, symmetries, random_views, random_sources, settings.views
-            )
+                train_rows, labels, symmetries, random_views, random_sources, settings.views, index,
+                params["augmentation"], seed,
+            )  # fmt: skip
             started, ensemble = time.perf_counter(), []
             for member in range(settings.ensemble):
                 keras.utils.set_random_seed(seed + member)
@@ -265,7 +287,7 @@ def main(argv: list[str]) -> None:
         default=str(PROJECT.parent / "shared/weights/vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     )
     measured.add_argument("--cut", default="block5_pool", help="training.cache_at")
-    measured.add_argument("--views", default="random", help="random, dihedral or dihedral+random")
+    measured.add_argument("--views", default="random", help="random, dihedral, dihedral+random or sampled")
     measured.add_argument("--fine-tune-epochs", type=int, default=0)
     measured.add_argument("--class-weight", default="none")
     measured.add_argument("--ensemble", type=int, default=1)

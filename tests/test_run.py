@@ -61,7 +61,8 @@ def test_demo_default_pipeline_prepares_augments_and_trains(project_copy: Path):
         split_ids[split] = set(index["image_id"])
     views = np.load(inputs / "augmented_train_images.npy", mmap_mode="r")
     view_index = pd.read_parquet(inputs / "augmented_train_index.parquet")
-    assert len(views) == len(view_index) == round(7 * 4.3) * 4
+    # By default each training image enters as its 8 exact symmetries.
+    assert len(views) == len(view_index) == 28 * 8
     assert set(view_index["source_id"]) == split_ids["train"]
     assert not set(view_index["source_id"]) & (split_ids["val"] | split_ids["test"])
 

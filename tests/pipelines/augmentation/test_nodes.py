@@ -175,26 +175,38 @@ def test_views_come_from_training_images_only_and_view_0_is_the_source(smears):
         assert not any(np.array_equal(views[later], images[row]) for later in of_source[1:])
 
 
-def test_dihedral_views_are_the_8_exact_symmetries_then_the_random_views(smears):
+def _symmetry_of(image: np.ndarray, number: int) -> np.ndarray:
+    turned = np.rot90(image, number % 4, axes=(0, 1))
+    return turned[:, ::-1] if number >= 4 else turned
+
+
+def test_dihedral_views_are_the_8_exact_symmetries_in_place_of_random_views(smears):
     images, index = smears
     views, views_index = augment_training_split(images, index, augmentation(dihedral=True), SEED)
-    plain, plain_index = augment_training_split(images, index, augmentation(), SEED)
-    # 7 exact symmetries on top of the source, and byte for byte the same random views.
-    assert len(views) == len(plain) + 7 * len(index)
-    random_views = views[(views_index["symmetry"] == -1).to_numpy()]
-    assert np.array_equal(random_views, plain[(plain_index["view"] > 0).to_numpy()])
+    # A multiplier of 3.5 asks for fewer views than the 8 symmetries: every image gets all 8, no more.
+    assert len(views) == 8 * len(index)
     for row, source in index.iterrows():
         of_source = views_index.index[views_index["source_id"] == source["image_id"]]
-        assert views_index.loc[of_source, "symmetry"].tolist()[:8] == list(range(8))
-        assert (views_index.loc[of_source[8:], "symmetry"] == -1).all()
-        turned = [np.rot90(images[row], turns, axes=(0, 1)) for turns in range(4)]
-        for number, expected in enumerate(turned + [image[:, ::-1] for image in turned]):
-            assert np.array_equal(views[of_source[number]], expected), number
+        assert views_index.loc[of_source, "symmetry"].tolist() == list(range(8))
+        for view, number in zip(of_source, range(8), strict=True):
+            assert np.array_equal(views[view], _symmetry_of(images[row], number)), number
     # Test-time augmentation numbers the symmetries the same way: its view k is symmetry k here.
     first = views_index.index[views_index["source_id"] == index["image_id"].iloc[0]]
     for number in range(8):
         turned = keras.ops.convert_to_numpy(DihedralView.of_symmetry(number)(images[:1].astype(np.float32)))
         assert np.array_equal(turned[0], views[first[number]]), number
+
+
+def test_dihedral_views_beyond_the_eighth_are_random_transforms(smears):
+    images, index = smears
+    views, views_index = augment_training_split(
+        images, index, augmentation(multiplier=10, dihedral=True), SEED
+    )
+    for row, source in index.iterrows():
+        of_source = views_index.index[views_index["source_id"] == source["image_id"]]
+        assert len(of_source) == 10
+        assert views_index.loc[of_source, "symmetry"].tolist() == [*range(8), -1, -1]
+        assert not any(np.array_equal(views[view], images[row]) for view in of_source[8:])
 
 
 def test_same_seed_gives_byte_identical_views_and_another_seed_other_views(smears):
@@ -234,9 +246,11 @@ def test_the_configured_defaults_run(smears):
         defaults = yaml.safe_load(file)["augmentation"]
     images, index = smears
     views, views_index = augment_training_split(images, index, defaults, SEED)
-    multiplier = defaults["multiplier"]
-    expected = {label: int(n * multiplier[label] + 0.5) for label, n in index["label"].value_counts().items()}
+    # The default views are each image's 8 exact symmetries, more than the paper's multiplier of 4.3.
+    assert defaults["dihedral_views"] and max(defaults["multiplier"].values()) <= 8
+    expected = (8 * index["label"].value_counts()).to_dict()
     assert views_index["label"].value_counts().to_dict() == expected
+    assert (views_index["symmetry"] >= 0).all()
     assert len(views) == len(views_index)
     assert [type(layer).__name__ for layer in build_augmenter(defaults["transforms"], SEED).layers] == [
         "RandomRotation", "RandomShear", "RandomZoom", "RandomFlip",

@@ -50,8 +50,10 @@ def paper_split() -> tuple:
 def test_every_image_is_augmented_before_the_views_are_split_at_random(paper_split: tuple):
     inputs, (train, train_index, val, val_index, test, test_index) = paper_split
     indices = pd.concat([train_index, val_index, test_index], ignore_index=True)
-    # All 40 images, each with round(n * 4.3) views per class, the source among them as view 0.
-    assert len(indices) == 4 * round(10 * 4.3) == len(train) + len(val) + len(test)
+    # All 40 images, each with the training split's views (by default its 8 exact symmetries), the
+    # source among them as view 0.
+    assert PARAMETERS["augmentation"]["dihedral_views"]
+    assert len(indices) == 4 * 10 * 8 == len(train) + len(val) + len(test)
     assert indices["view_id"].is_unique and (indices["image_id"] == indices["view_id"]).all()
     sources = {*inputs[1]["image_id"], *inputs[3]["image_id"], *inputs[5]["image_id"]}
     assert set(indices["source_id"]) == sources

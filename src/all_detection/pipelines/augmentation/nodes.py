@@ -131,17 +131,18 @@ def _round_half_up(value: float) -> int:
 def plan_views(index: pd.DataFrame, augmentation: dict[str, Any], seed: int) -> pd.DataFrame:
     """Which views each image gets, before any is made: one row per view, each image followed by its own.
 
-    With `augmentation.dihedral_views`, an image's first 8 views are its exact symmetries: the image
-    itself, its three quarter turns, and the mirror images of those four (the views dihedral test-time
-    augmentation averages over); otherwise only view 0, the image itself. The random views follow,
-    as many as `count_views` gives beyond the source (`augmentation.multiplier` and `balance`).
-    Columns: `view_id` (`<image_id>#<view>`), `source_id`, `label`, `label_index`, `group`, `view` (0 is
-    the source itself), `symmetry` (0-7, the exact symmetry a view is, or -1 for a random view) and
-    `source_row`, the image's row in `index` (and in its image stack).
+    An image gets as many views as `count_views` gives it (`augmentation.multiplier` and `balance`),
+    the image itself first (view 0), then random transforms. With `augmentation.dihedral_views` its
+    first 8 views are its exact symmetries instead, in `DihedralView.of_symmetry` order (the image, its
+    three quarter turns, the mirror images of those four: the views dihedral test-time augmentation
+    averages over), and only views beyond the eighth are random transforms; every image then has at
+    least 8. Columns: `view_id` (`<image_id>#<view>`), `source_id`, `label`, `label_index`, `group`,
+    `view` (0 is the source itself), `symmetry` (0-7, the exact symmetry a view is, or -1 for a random
+    view) and `source_row`, the image's row in `index` (and in its image stack).
     """
-    random_views = count_views(index["label"], augmentation["multiplier"], augmentation["balance"], seed) - 1
-    symmetries = DIHEDRAL_SYMMETRIES if augmentation["dihedral_views"] else 1
-    views_per_image = symmetries + random_views
+    views_per_image = count_views(index["label"], augmentation["multiplier"], augmentation["balance"], seed)
+    exact = DIHEDRAL_SYMMETRIES if augmentation["dihedral_views"] else 1
+    views_per_image = np.maximum(views_per_image, exact)
     source_rows = np.repeat(np.arange(len(index)), views_per_image)
     first_rows = np.cumsum(views_per_image) - views_per_image
     view = np.arange(len(source_rows)) - np.repeat(first_rows, views_per_image)
@@ -154,7 +155,7 @@ def plan_views(index: pd.DataFrame, augmentation: dict[str, Any], seed: int) -> 
             "label_index": sources["label_index"],
             "group": sources["group"],
             "view": view,
-            "symmetry": np.where(view < symmetries, view, -1),
+            "symmetry": np.where(view < exact, view, -1),
             "source_row": source_rows,
         }
     )

@@ -48,8 +48,9 @@ def augment_then_split(
     """The paper's protocol: all usable images augmented together, then their views split at random.
 
     The images of the three splits are pooled and augmented with the same settings as the training
-    split (`augmentation.multiplier` views per image, the source counting as view 0, the paper's ~4.3),
-    then the views are divided at random, stratified by class, into the same test and validation
+    split (by default each image's 8 exact symmetries; with `augmentation.dihedral_views: false` the
+    paper's random transforms, `augmentation.multiplier` views per image, its ~4.3, the source counting
+    as view 0), then the views are divided at random, stratified by class, into the same test and validation
     fractions of views as `split` asks of images. Returns training, validation and test stacks with
     their indices; each view's row keeps its `source_id` and duplicate `group`, so the leakage this
     causes is measured downstream, and its `image_id` is the view's own id. The views are planned and
