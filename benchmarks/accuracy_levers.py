@@ -6,7 +6,7 @@ VGG16 up to `block4_pool` runs once over every usable image's 8 exact symmetries
 (the paper's transforms, `augmentation.multiplier`), and the maps are kept on disk as float16. Each
 setting then costs only the layers above its cut and the head: the folds are the cross_validation
 pipeline's (`assign_folds`, validation rows as its `cross_validate` picks them), training is the
-pipeline's own (`_train_cached`: head, then fine-tuning above the cut, early stopping, class weights),
+pipeline's own (`fit_cached`: head, then fine-tuning above the cut, early stopping, class weights),
 and test-time augmentation averages the predictions over a test image's 8 cached symmetries, which is
 what the saved model computes from the images.
 
@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from all_detection.layout import CLASSES
-from all_detection.model import (
+from all_detection.core.hardware import hardware_setup, sized_for_device
+from all_detection.core.model import (
     DIHEDRAL_SYMMETRIES,
     DihedralView,
     InputScaling,
@@ -47,9 +47,10 @@ from all_detection.model import (
     build_head,
     one_hot,
 )
+from all_detection.core.training import fit_cached
+from all_detection.layout import CLASSES
 from all_detection.pipelines.augmentation.nodes import count_views, plan_views, render_views
 from all_detection.pipelines.cross_validation.nodes import _validation_rows, assign_folds
-from all_detection.pipelines.training.nodes import _train_cached, hardware_setup
 from all_detection.studies import pooled_images, pooled_index
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -189,7 +190,7 @@ def run(name: str, settings: argparse.Namespace) -> dict[str, Any]:
     params = parameters()
     seed, k = params["split"]["seed"], settings.folds
     training = {**params["training"], "cache_at": settings.cut, "class_weight": settings.class_weight,
-                "fine_tune_epochs": settings.fine_tune_epochs}  # fmt: skip
+                "fine_tune_epochs": settings.fine_tune_epochs, "batch_size": settings.batch_size}  # fmt: skip
     index = pd.read_parquet(CACHE / "index.parquet")
     folds = assign_folds(index, index.iloc[:0], index.iloc[:0], {"folds": k}, seed)
     labels = index["label_index"].to_numpy()
@@ -197,6 +198,8 @@ def run(name: str, settings: argparse.Namespace) -> dict[str, Any]:
     image_size = json.loads((CACHE / "cache.json").read_text())["image_size"]
     records = []
     with hardware_setup(training, seed):
+        # Learning rates scaled to the batch size as the pipeline scales them (learning_rate_scaling).
+        training = sized_for_device(training, image_size)
         base, _ = build_base(image_size, settings.weights)
         symmetries = [
             at_cut(f"symmetry_{number}", settings.cut, base) for number in range(DIHEDRAL_SYMMETRIES)
@@ -219,7 +222,7 @@ def run(name: str, settings: argparse.Namespace) -> dict[str, Any]:
                 base_above = build_base_above(pristine, settings.cut, train_maps.shape[1:], 1)
                 features = train_maps.shape[1:] if base_above is None else base_above.output_shape[1:]
                 head = build_head(features, params["model"]["head"])
-                history = _train_cached(head, base_above, train_maps, symmetries[0][val_rows], view_labels,
+                history = fit_cached(head, base_above, train_maps, symmetries[0][val_rows], view_labels,
                                         one_hot(labels[val_rows]), training, seed + member)  # fmt: skip
                 top = head if base_above is None else keras.Sequential([base_above, head])
                 ensemble.append(
@@ -291,6 +294,7 @@ def main(argv: list[str]) -> None:
     measured.add_argument("--fine-tune-epochs", type=int, default=0)
     measured.add_argument("--class-weight", default="none")
     measured.add_argument("--ensemble", type=int, default=1)
+    measured.add_argument("--batch-size", type=int, default=32, help="training.batch_size")
     measured.add_argument("--folds", type=int, default=5)
     commands.add_parser("table")
     settings = parser.parse_args(argv)

@@ -27,8 +27,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from all_detection.layout import CLASSES
-from all_detection.model import (
+from all_detection.core.hardware import describe_device, sized_for_device
+from all_detection.core.model import (
     assemble_classifier,
     base_gflop_per_image,
     build_base,
@@ -36,14 +36,11 @@ from all_detection.model import (
     build_head,
     one_hot,
 )
+from all_detection.core.training import extract_features
+from all_detection.layout import CLASSES
 from all_detection.pipelines import augmentation, ingestion, preprocessing
 from all_detection.pipelines.inference.nodes import load_classifier, scan_inference_folder, score_images
-from all_detection.pipelines.training.nodes import (
-    cache_base_features,
-    describe_device,
-    extract_features,
-    train_classifier,
-)
+from all_detection.pipelines.training.nodes import cache_base_features, train_classifier
 from all_detection.studies import run_in_memory
 from all_detection.synthetic import render_smear, write_synthetic_dataset
 
@@ -133,7 +130,7 @@ def naive_against_cached(
     (views, view_index), (val, val_index) = splits["views"], splits["val"]
     seed, batch_size, head_params = (
         params["split"]["seed"],
-        params["training"]["batch_size"],
+        sized_for_device(params["training"], views.shape[1])["batch_size"],
         params["model"]["head"],
     )
     y_views, y_val = one_hot(view_index["label_index"]), one_hot(val_index["label_index"])
@@ -273,7 +270,7 @@ def main() -> None:
     }
     result["matmul_gflops"] = round(matmul_gflops(scale["matmul"], repeats=5), 1)
     features = measure_features(synthetic_stack(scale["features"], size, seed=1), weights,
-                                params["training"]["feature_batch_size"])  # fmt: skip
+                                sized_for_device(params["training"], size)["feature_batch_size"])  # fmt: skip
     result["features_img_per_s"] = round(features["images_per_s"], 2)
     result["features_gflops"] = round(features["gflop_per_s"], 1)
     result["features_pct_of_peak"] = round(100 * features["gflop_per_s"] / result["matmul_gflops"], 1)

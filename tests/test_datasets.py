@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from all_detection.datasets import NumpyArrayDataset, release_pages, scratch_array
+from all_detection.core.arrays import release_pages, scratch_array
+from all_detection.datasets import NumpyArrayDataset
 
 
 def resident_file_kb() -> int:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
-from all_detection.model import (
+from all_detection.core.model import (
     assemble_classifier,
     base_layer_names,
     build_base,

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from all_detection.model import assemble_classifier, build_base, build_feature_extractor, build_head
+from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
 from all_detection.serving import register_model
 
 HEAD = yaml.safe_load((Path(__file__).parents[1] / "conf/base/parameters_training.yml").read_text())["model"][

@@ -3,8 +3,6 @@ memory-mapped, and MLflow child runs nested under the run kedro-mlflow opened.""
 
 from __future__ import annotations
 
-import mmap
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,8 @@ import mlflow
 import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 from mlflow.entities import Metric
+
+from all_detection.core.arrays import release_pages
 
 
 class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
@@ -64,30 +64,6 @@ class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": str(self._filepath), "mmap_mode": self._mmap_mode}
-
-
-def scratch_array(shape: tuple[int, ...], dtype: str | np.dtype) -> np.ndarray:
-    """A writable array backed by a temporary file that is already deleted: what is written can leave
-    this process's memory (`release_pages`) and is read back from disk when touched, and the file's
-    space returns to the system when the array is garbage collected, even after a crash.
-
-    For stacks of features or views that a node returns and the catalog then saves: they need not fit
-    in memory beside everything else.
-    """
-    with tempfile.NamedTemporaryFile(prefix="all_detection_", suffix=".npy") as file:
-        return np.lib.format.open_memmap(file.name, mode="w+", dtype=np.dtype(dtype), shape=tuple(shape))
-
-
-def release_pages(array: np.ndarray) -> None:
-    """Drop the pages a memory-mapped array has read from this process's resident memory.
-
-    Streaming once over a 1.5 GB stack of views would otherwise leave all of it counted as the
-    process's memory; the pages stay in the kernel's cache and are read back only if touched again.
-    Arrays that are not memory-mapped are left alone.
-    """
-    mapping = getattr(array, "_mmap", None)
-    if isinstance(mapping, mmap.mmap) and not mapping.closed:
-        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):

@@ -69,7 +69,7 @@ class RunRecordHooks:
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         if mlflow.active_run() is None:
             return
-        from all_detection.pipelines.training.nodes import describe_device  # noqa: PLC0415 - imports Keras
+        from all_detection.core.hardware import describe_device  # noqa: PLC0415 - imports Keras
 
         parameters = catalog.load("parameters")
         mlflow.set_tags(

@@ -19,6 +19,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import all_detection
+from all_detection.core.prediction import predict_probabilities
 from all_detection.layout import PROBABILITY_COLUMNS
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class StageClassifier(mlflow.pyfunc.PythonModel):
     """A batch of images (n, size, size, channels), 0-255, in; one probability column per class out."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        import all_detection.model  # noqa: F401, PLC0415 - registers the custom layers before loading
+        import all_detection.core.model  # noqa: F401, PLC0415 - registers the custom layers before loading
 
         self.model = keras.models.load_model(context.artifacts["keras_model"], safe_mode=True)
 
@@ -47,9 +48,7 @@ class StageClassifier(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         if isinstance(model_input, dict):  # a named tensor, as the REST endpoint's "inputs" may send it
             (model_input,) = model_input.values()
-        probabilities = self.model.predict(
-            np.asarray(model_input, dtype=np.float32), batch_size=PREDICT_BATCH_SIZE, verbose=0
-        )
+        probabilities = predict_probabilities(self.model, np.asarray(model_input), PREDICT_BATCH_SIZE)
         return pd.DataFrame(probabilities, columns=PROBABILITY_COLUMNS)
 
 

@@ -10,11 +10,11 @@ import pytest
 import yaml
 from matplotlib.figure import Figure
 
+from all_detection.core.augmenter import build_augmenter
+from all_detection.core.model import DihedralView
 from all_detection.layout import CLASSES
-from all_detection.model import DihedralView
 from all_detection.pipelines.augmentation.nodes import (
     augment_training_split,
-    build_augmenter,
     count_views,
     plot_augmentation_examples,
 )

@@ -12,15 +12,15 @@ import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from all_detection.image_io import decode_rgb
-from all_detection.layout import CLASSES
-from all_detection.model import (
+from all_detection.core.model import (
     assemble_classifier,
     build_base,
     build_feature_extractor,
     build_head,
     with_test_time_augmentation,
 )
+from all_detection.image_io import decode_rgb
+from all_detection.layout import CLASSES
 from all_detection.pipelines.evaluation.nodes import predict_split
 from all_detection.pipelines.inference import create_pipeline
 from all_detection.pipelines.inference.nodes import (

@@ -12,8 +12,7 @@ import pytest
 import yaml
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
-from all_detection.layout import CLASSES
-from all_detection.model import (
+from all_detection.core.model import (
     BaseWeightsError,
     assemble_classifier,
     build_base,
@@ -22,7 +21,9 @@ from all_detection.model import (
     unfreeze_last_blocks,
     vgg16_layers,
 )
-from all_detection.pipelines.training.nodes import cache_base_features, class_weights, train_classifier
+from all_detection.core.training import class_weights
+from all_detection.layout import CLASSES
+from all_detection.pipelines.training.nodes import cache_base_features, train_classifier
 
 CONF = Path(__file__).resolve().parents[3] / "conf/base"
 MODEL = {**yaml.safe_load((CONF / "parameters_training.yml").read_text())["model"], "base_weights": None}

@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay, roc_curve
 
+from all_detection.core.model import InputScaling, inner_classifier, vgg16_layers
 from all_detection.layout import CLASSES
-from all_detection.model import InputScaling, inner_classifier, vgg16_layers
 
 from .nodes import LABELS, PROBABILITY_COLUMNS, calibration_bins, expected_calibration_error, one_vs_rest_auc
 

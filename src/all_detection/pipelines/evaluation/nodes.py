@@ -26,8 +26,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from all_detection.core.prediction import predict_probabilities
 from all_detection.layout import CLASSES, PROBABILITY_COLUMNS
-from all_detection.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -45,18 +45,13 @@ def predict_split(
 ) -> pd.DataFrame:
     """The model's class probabilities for every image of a split, one row per image in `index` order.
 
-    Images are read from the (memory-mapped) stack `batch_size` at a time, so only one batch is ever
-    held as float32. Columns: `image_id`, `label`, `label_index`, `predicted` and `predicted_index`
-    (the most probable class), `confidence` (its probability), `correct`, and `prob_<class>` per class.
+    Images are read from the (memory-mapped) stack `batch_size` at a time (`predict_probabilities`).
+    Columns: `image_id`, `label`, `label_index`, `predicted` and `predicted_index` (the most probable
+    class), `confidence` (its probability), `correct`, and `prob_<class>` per class.
     """
     if len(images) != len(index):
         raise ValueError(f"{len(images)} images but {len(index)} index rows; they must match row for row")
-    probabilities = np.empty((len(images), len(CLASSES)), dtype=np.float64)
-    progress = Progress(logger, "predictions", len(images))
-    for start in range(0, len(images), batch_size):
-        batch = np.asarray(images[start : start + batch_size], dtype=np.float32)
-        probabilities[start : start + len(batch)] = keras.ops.convert_to_numpy(model(batch, training=False))
-        progress.advance(len(batch))
+    probabilities = predict_probabilities(model, images, batch_size)
     predicted = probabilities.argmax(axis=1)
     label_index = index["label_index"].to_numpy(dtype=np.int64)
     predictions = pd.DataFrame(

@@ -19,6 +19,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from all_detection.core.prediction import predict_probabilities
+from all_detection.core.progress import Progress
 from all_detection.image_io import UnusableImage, decode_rgb
 from all_detection.layout import CLASSES, PROBABILITY_COLUMNS
 from all_detection.pipelines.ingestion.nodes import (
@@ -30,7 +32,6 @@ from all_detection.pipelines.ingestion.nodes import (
     walk_without_following_links,
 )
 from all_detection.pipelines.preprocessing.nodes import input_channels, model_input
-from all_detection.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def _load_from_mlflow(uri: str) -> keras.Model:
 
 
 def _load_keras_file(path: Path, source: str) -> keras.Model:
-    import all_detection.model  # noqa: F401, PLC0415 - registers the custom layers before loading
+    import all_detection.core.model  # noqa: F401, PLC0415 - registers the custom layers before loading
 
     try:
         classifier = keras.models.load_model(path, safe_mode=True)
@@ -189,7 +190,7 @@ def score_images(
             except OSError:
                 predictions.loc[row, ["status", "reason"]] = ["quarantined", UNREADABLE]
         if stack:
-            probabilities[rows] = classifier.predict_on_batch(np.stack(stack).astype(np.float32))
+            probabilities[rows] = predict_probabilities(classifier, np.stack(stack), len(stack))
         progress.advance(len(usable[start : start + batch_size]))
     scored = ~np.isnan(probabilities).any(axis=1)
     predictions["predicted"] = pd.Series(pd.NA, index=predictions.index, dtype="string")

@@ -21,9 +21,9 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from all_detection.core.progress import Progress
 from all_detection.image_io import UnusableImage, decode_rgb, near_pairs, perceptual_hash
 from all_detection.layout import CLASSES, IMAGE_FOLDERS, ORIGINAL_DIR, SEGMENTED_DIR
-from all_detection.progress import Progress
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from all_detection.core.progress import Progress
 from all_detection.image_io import decode_rgb
 from all_detection.layout import CLASSES, ORIGINAL_DIR
-from all_detection.progress import Progress
 from all_detection.segmentation import (
     blast_mask,
     dataset_mask,

@@ -3,7 +3,7 @@ train online), add test-time augmentation to the saved model, register it."""
 
 from kedro.pipeline import Node, Pipeline
 
-from all_detection.model import with_test_time_augmentation
+from all_detection.core.model import with_test_time_augmentation
 from all_detection.serving import register_model
 
 from .nodes import cache_base_features, train_classifier
