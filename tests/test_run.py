@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
-from all_detection.pipelines.ingestion.nodes import DatasetLayoutError
+from all_detection.parameters import ParameterError
 from tests.projects import run_session
 
 SMALL_DEMO = {"demo": {"synthetic_dataset": {"per_class": 10, "image_size": 64, "seed": 42}}}
@@ -141,11 +141,12 @@ def test_ingestion_of_a_defective_folder_keeps_every_file_and_quarantines_only_b
 
 
 def test_a_missing_dataset_root_stops_with_one_clear_error(project_copy: Path):
-    with pytest.raises(DatasetLayoutError, match="nowhere/ALL' does not exist"):
+    with pytest.raises(ParameterError, match="nowhere/ALL': no such folder"):
         run_session(project_copy, dataset={"root": str(project_copy / "nowhere/ALL")})
+    # Refused before anything ran: no MLflow run was opened for it.
     client = mlflow.MlflowClient(f"sqlite:///{project_copy / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("all_detection").experiment_id])
-    assert run.info.status == "FAILED"
+    experiment = client.get_experiment_by_name("all_detection")
+    assert experiment is None or not client.search_runs([experiment.experiment_id])
 
     kedro = Path(sys.executable).with_name("kedro")
     result = subprocess.run(
@@ -157,6 +158,7 @@ def test_a_missing_dataset_root_stops_with_one_clear_error(project_copy: Path):
         check=False,
     )
     assert result.returncode == 1
-    assert "Error: Dataset root 'nowhere/ALL' does not exist" in result.stderr
+    assert "Error: The run's parameters cannot be used" in result.stderr
+    assert "dataset.root = 'nowhere/ALL': no such folder" in result.stderr
     assert "Original/{Benign,Early,Pre,Pro}/*.jpg" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr

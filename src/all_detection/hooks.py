@@ -1,4 +1,5 @@
-"""Kedro hooks: the demo set is written before a run reads it, and every MLflow run says what it ran on."""
+"""Kedro hooks: parameters are checked before a run starts, the demo set is written before a run reads
+it, and every MLflow run says what it ran on."""
 
 from __future__ import annotations
 
@@ -14,9 +15,25 @@ import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
+from all_detection.parameters import check_parameters, check_paths, sections_read
 from all_detection.synthetic import write_synthetic_dataset
 
 logger = logging.getLogger(__name__)
+
+
+class ParameterCheckHooks:
+    """Refuse a run whose parameters cannot work before it does anything (`all_detection.parameters`):
+    the values as soon as the catalog exists, the paths its pipeline will read just before it starts.
+    Registered last, so it runs before the other hooks (before MLflow opens a run or the demo set is
+    written)."""
+
+    @hook_impl
+    def after_catalog_created(self, parameters: dict[str, Any], **kwargs: Any) -> None:
+        check_parameters(parameters.get("parameters", {}))
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        check_paths(catalog.load("parameters"), sections_read(pipeline))
 
 
 class SyntheticDemoHooks:

@@ -1,0 +1,257 @@
+"""One typed schema of every parameter in `conf/`, checked before a run does any work.
+
+`check_parameters` validates the values (types, ranges, choices) and `check_paths` the paths the
+pipelines about to run will read (dataset root, weights file, inference folder), so a bad
+`--params` fails in a second with a message that names the parameter, the value given and what is
+allowed, instead of minutes later inside a node. `ParameterCheckHooks` runs both at the start of
+every `kedro run`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import click
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from all_detection.layout import CLASSES
+
+PositiveInt = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+BatchSize = PositiveInt | Literal["auto"]
+VGG16_LAYERS = [f"block{block}_conv{conv}" for block in (1, 2) for conv in (1, 2)] + [
+    f"block{block}_conv{conv}" for block in (3, 4, 5) for conv in (1, 2, 3)
+]
+VGG16_LAYERS += [f"block{block}_pool" for block in range(1, 6)]
+CacheAt = Literal[tuple(sorted(VGG16_LAYERS))]  # type: ignore[valid-type]
+
+
+class Section(BaseModel):
+    # A misspelt key (`training.epoch=3`) would otherwise be ignored silently.
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class Dataset(Section):
+    root: str
+
+
+class Ingestion(Section):
+    min_side_px: PositiveInt
+    max_pixels: PositiveInt
+    max_file_mb: Annotated[float, Field(gt=0)]
+    near_duplicate_max_bits: Annotated[int, Field(ge=0, le=64)]
+
+
+class Split(Section):
+    test_fraction: Fraction
+    val_fraction: Annotated[float, Field(ge=0, lt=1)]
+    seed: Count
+
+    @model_validator(mode="after")
+    def _leaves_training_images(self) -> Split:
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(
+                f"split.test_fraction + split.val_fraction must be below 1 to leave training images, "
+                f"not {self.test_fraction} + {self.val_fraction}"
+            )
+        return self
+
+
+class Preprocessing(Section):
+    # VGG16's five poolings need at least 32 pixels.
+    image_size: Annotated[int, Field(ge=32, le=4096)]
+    input_mode: Literal["original", "segmented", "masked", "dual"]
+    segmentation: dict[str, Any]
+    masked: dict[str, Any]
+    agreement: dict[str, Any]
+
+
+class Transforms(Section):
+    rotation_degrees: Annotated[float, Field(ge=0, le=180)]
+    shear: Annotated[float, Field(ge=0)]
+    zoom: Annotated[float, Field(ge=0, lt=1)]
+    horizontal_flip: bool
+    vertical_flip: bool
+    fill_mode: Literal["reflect", "wrap", "constant", "nearest"]
+    brightness: Annotated[float, Field(ge=0, le=1)]
+    contrast: Annotated[float, Field(ge=0, le=1)]
+
+
+class Augmentation(Section):
+    multiplier: dict[str, Annotated[float, Field(ge=1)]]
+    balance: bool
+    dihedral_views: bool
+    batch_size: PositiveInt
+    transforms: Transforms
+    examples_per_class: Count
+
+    @field_validator("multiplier", mode="before")
+    @classmethod
+    def _one_per_class(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or set(value) != set(CLASSES):
+            raise ValueError(
+                f"must give each class {list(CLASSES)} its own number of views (at least 1), e.g. "
+                '--params "augmentation.multiplier.Benign=5"'
+            )
+        return value
+
+
+class Head(Section):
+    conv_filters: list[PositiveInt]
+    dense_units: list[PositiveInt]
+    dropout: list[Annotated[float, Field(ge=0, lt=1)]]
+    batch_norm_momentum: Fraction
+
+    @model_validator(mode="after")
+    def _a_dropout_per_dense_layer(self) -> Head:
+        if len(self.dropout) != len(self.dense_units):
+            raise ValueError("model.head.dropout needs one rate per model.head.dense_units layer")
+        return self
+
+
+class Model(Section):
+    base_weights: str | None
+    random_weights_fallback: bool
+    input_scaling: Literal["imagenet", "unit"]
+    head: Head
+
+
+class ReduceLr(Section):
+    factor: Fraction
+    patience: Count
+    min_lr: Annotated[float, Field(ge=0)]
+
+
+class Training(Section):
+    mode: Literal["cached", "online"]
+    epochs: PositiveInt
+    batch_size: BatchSize
+    learning_rate: Annotated[float, Field(gt=0)]
+    learning_rate_scaling: Literal["sqrt", "none"]
+    early_stopping_patience: Count
+    reduce_lr: ReduceLr
+    cache_at: CacheAt
+    class_weight: Literal["none", "balanced"]
+    feature_dtype: Literal["float16", "float32"]
+    feature_batch_size: BatchSize
+    fine_tune_blocks: Annotated[int, Field(ge=0, le=5)]
+    fine_tune_epochs: Count
+    fine_tune_learning_rate: Annotated[float, Field(gt=0)]
+    mixed_precision: Literal["auto", "on", "off"]
+    distribution: Literal["auto", "mirrored", "none", "multi_worker"]
+    workers: PositiveInt
+
+
+class Evaluation(Section):
+    tta: Literal["none", "dihedral"]
+    bootstrap_samples: PositiveInt
+    confidence_level: Fraction
+    ece_bins: PositiveInt
+    gradcam_per_class: Count
+    misclassified_max: Count
+    predict_batch_size: PositiveInt
+
+
+class CrossValidation(Section):
+    folds: Annotated[int, Field(ge=2)]
+
+
+class Inference(Section):
+    input_dir: str
+    model_path: str
+    model_uri: str | None
+    batch_size: PositiveInt
+
+
+class Parameters(BaseModel):
+    """Every section the pipelines read; other top-level keys (`demo`, your own) pass unchecked."""
+
+    model_config = ConfigDict(extra="allow")
+    dataset: Dataset
+    ingestion: Ingestion
+    split: Split
+    preprocessing: Preprocessing
+    augmentation: Augmentation
+    model: Model
+    training: Training
+    evaluation: Evaluation
+    cross_validation: CrossValidation
+    inference: Inference
+
+
+class ParameterError(click.ClickException):
+    """Parameters a run cannot use; the message lists each one with its value and what is allowed."""
+
+    def __init__(self, problems: list[str]) -> None:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(
+            f"The run's parameters cannot be used, so nothing was run:\n{lines}\n"
+            'Fix them in conf/base/parameters_*.yml or with --params "name=value".'
+        )
+        self.problems = problems
+
+
+def _value_at(parameters: dict[str, Any], location: tuple[Any, ...]) -> Any:
+    value: Any = parameters
+    for key in location:
+        if not isinstance(value, dict) or key not in value:
+            return "(missing)"
+        value = value[key]
+    return value
+
+
+def check_parameters(parameters: dict[str, Any]) -> Parameters:
+    """The parameters, validated; a `ParameterError` naming every bad one otherwise."""
+    try:
+        return Parameters.model_validate(parameters)
+    except ValidationError as error:
+        problems = []
+        for issue in error.errors():
+            # Union members add their type to the location (`int`, `literal['auto']`): drop them.
+            location = tuple(part for part in issue["loc"] if isinstance(part, str) and "[" not in part)
+            location = tuple(part for part in location if part not in ("int", "str", "float", "bool"))
+            name = ".".join(str(part) for part in location)
+            message = issue["msg"].removeprefix("Value error, ")
+            problems.append(f"{name} = {_value_at(parameters, location)!r}: {message}")
+        raise ParameterError(sorted(set(problems), key=problems.index)) from None
+
+
+def check_paths(parameters: dict[str, Any], reads: set[str]) -> None:
+    """The paths the run will read exist: `reads` names the parameter sections its nodes take
+    (`dataset`, `model`, `inference`). The demo environment writes its own dataset, so its root may
+    not exist yet; a weights file may be missing only where the demo falls back to a random base."""
+    problems = []
+    root = Path(parameters["dataset"]["root"])
+    writes_demo = bool((parameters.get("demo") or {}).get("synthetic_dataset"))
+    if "dataset" in reads and not writes_demo and not root.is_dir():
+        problems.append(
+            f"dataset.root = {str(root)!r}: no such folder; it must hold the Kaggle layout "
+            "Original/{Benign,Early,Pre,Pro}/*.jpg (README, Running on the real dataset)"
+        )
+    model = parameters["model"]
+    weights = model["base_weights"]
+    local_file = weights not in (None, "null", "None", "imagenet") and not model["random_weights_fallback"]
+    if "model" in reads and local_file and not Path(weights).expanduser().is_file():
+        problems.append(
+            f"model.base_weights = {weights!r}: no such file; pass a local "
+            "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5, imagenet (downloads it) or null"
+        )
+    inference = parameters["inference"]
+    if "inference" in reads and not Path(inference["input_dir"]).is_dir():
+        problems.append(
+            f"inference.input_dir = {inference['input_dir']!r}: no such folder of images to score"
+        )
+    if problems:
+        raise ParameterError(problems)
+
+
+def sections_read(pipeline: Any) -> set[str]:
+    """The parameter sections (`params:<section>`) that a pipeline's nodes take as inputs."""
+    sections = set()
+    for node in pipeline.nodes:
+        for name in node.inputs:
+            if name.startswith("params:"):
+                sections.add(name.removeprefix("params:").split(".")[0])
+    return sections
