@@ -6,8 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
+import signal
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,57 @@ class ParameterCheckHooks:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         check_paths(catalog.load("parameters"), sections_read(pipeline))
+
+
+class RunEndingHooks:
+    """An interrupted run is recorded as one: on Ctrl-C (SIGINT) or SIGTERM the open MLflow runs are
+    marked KILLED, tagged with the signal and the node the run stopped in, and the process then ends
+    as that signal ends any process (exit status 130 or 143), instead of MLflow recording FINISHED at
+    exit (Ctrl-C) or nothing at all (SIGTERM). Nodes' outputs are saved only when a node finishes,
+    and arrays through a temporary file and a rename, so an interrupted node leaves none behind.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.node: str | None = None
+        self.previous: dict[int, Any] = {}
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        self.node = None
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {number: signal.signal(number, self.interrupted) for number in self.SIGNALS}
+
+    @hook_impl
+    def before_node_run(self, node: Any, **kwargs: Any) -> None:
+        self.node = node.name
+
+    @hook_impl
+    def after_pipeline_run(self, **kwargs: Any) -> None:
+        self.restore()
+
+    @hook_impl
+    def on_pipeline_error(self, **kwargs: Any) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+        self.previous = {}
+
+    def interrupted(self, number: int, frame: Any) -> None:
+        name = signal.Signals(number).name
+        stopped_in = self.node or "(before the first node)"
+        while (run := mlflow.active_run()) is not None:
+            mlflow.set_tags({"ended_by": name, "stopped_in_node": stopped_in})
+            mlflow.end_run(status="KILLED")
+            logger.error(
+                "Interrupted by %s in %s: MLflow run %s marked KILLED", name, stopped_in, run.info.run_id
+            )
+        # End as the signal ends any process, so the shell sees 130 (SIGINT) or 143 (SIGTERM).
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
 
 
 class SyntheticDemoHooks:

@@ -2,12 +2,12 @@
 
 from kedro_mlflow.framework.hooks import MlflowHook
 
-from all_detection.hooks import ParameterCheckHooks, RunRecordHooks, SyntheticDemoHooks
+from all_detection.hooks import ParameterCheckHooks, RunEndingHooks, RunRecordHooks, SyntheticDemoHooks
 
 # Hooks run last-in-first-out: the demo set is written before kedro-mlflow opens its run (a demo that
 # cannot be written leaves no half-open run behind), and the run is tagged once it is open.
 # kedro-mlflow is therefore registered here, once, instead of through its plugin entry point.
-HOOKS = (RunRecordHooks(), MlflowHook(), SyntheticDemoHooks(), ParameterCheckHooks())
+HOOKS = (RunEndingHooks(), RunRecordHooks(), MlflowHook(), SyntheticDemoHooks(), ParameterCheckHooks())
 # The distribution name is spelt either way, depending on how the wheel was built.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
