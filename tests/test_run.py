@@ -162,3 +162,24 @@ def test_a_missing_dataset_root_stops_with_one_clear_error(project_copy: Path):
     assert "dataset.root = 'nowhere/ALL': no such folder" in result.stderr
     assert "Original/{Benign,Early,Pre,Pro}/*.jpg" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_two_first_runs_at_once_both_succeed_and_are_both_recorded(project_copy: Path, tmp_path: Path):
+    from all_detection.synthetic import write_synthetic_dataset  # noqa: PLC0415
+
+    root = tmp_path / "ALL"
+    write_synthetic_dataset(root, per_class=3, image_size=48, seed=1)
+    assert not (project_copy / "mlflow.db").exists()
+    kedro = Path(sys.executable).with_name("kedro")
+    command = [str(kedro), "run", "--pipeline", "ingestion", "--params", f"dataset.root={root}"]
+    runs = [
+        subprocess.Popen(
+            command, cwd=project_copy, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    client = mlflow.MlflowClient(f"sqlite:///{project_copy / 'mlflow.db'}")
+    recorded = client.search_runs([client.get_experiment_by_name("all_detection").experiment_id])
+    assert [run.info.status for run in recorded] == ["FINISHED", "FINISHED"]

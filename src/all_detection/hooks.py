@@ -3,6 +3,7 @@ it, and every MLflow run says what it ran on."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -88,6 +89,35 @@ class RunEndingHooks:
         # End as the signal ends any process, so the shell sees 130 (SIGINT) or 143 (SIGTERM).
         signal.signal(number, signal.SIG_DFL)
         os.kill(os.getpid(), number)
+
+
+class TrackingStoreHooks:
+    """Create the MLflow tracking store and experiment under a file lock, before kedro-mlflow opens them.
+
+    The first run in a fresh clone creates `mlflow.db` and migrates its schema; two such runs at once
+    raced in MLflow's migration (`duplicate column name`) and one crashed. Here kedro-mlflow's own setup
+    runs first under an exclusive lock beside the SQLite file, so the second run waits for the first
+    and then finds the store and experiment made; kedro-mlflow's hook then repeats the setup at no
+    cost. Stores that are not SQLite files are left to their servers.
+    """
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig  # noqa: PLC0415
+
+        if mlflow.active_run() is not None:
+            return
+        context.config_loader.config_patterns.setdefault("mlflow", ["mlflow*", "mlflow*/**", "**/mlflow*"])
+        config = KedroMlflowConfig.model_validate({**context.config_loader["mlflow"]})
+        uri = str(config.server.mlflow_tracking_uri)
+        if not uri.startswith("sqlite:///"):
+            return
+        database = Path(uri.removeprefix("sqlite:///"))
+        database = database if database.is_absolute() else Path(context.project_path) / database
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with database.with_name(f"{database.name}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            config.setup(context)
 
 
 class SyntheticDemoHooks:

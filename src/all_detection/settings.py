@@ -2,12 +2,26 @@
 
 from kedro_mlflow.framework.hooks import MlflowHook
 
-from all_detection.hooks import ParameterCheckHooks, RunEndingHooks, RunRecordHooks, SyntheticDemoHooks
+from all_detection.hooks import (
+    ParameterCheckHooks,
+    RunEndingHooks,
+    RunRecordHooks,
+    SyntheticDemoHooks,
+    TrackingStoreHooks,
+)
 
-# Hooks run last-in-first-out: the demo set is written before kedro-mlflow opens its run (a demo that
-# cannot be written leaves no half-open run behind), and the run is tagged once it is open.
+# Hooks run last-in-first-out: parameters are checked first, the demo set is written and the MLflow
+# store made (under a lock) before kedro-mlflow opens its run (a demo that cannot be written leaves no
+# half-open run behind), the run is tagged once it is open, and interrupts are caught around it all.
 # kedro-mlflow is therefore registered here, once, instead of through its plugin entry point.
-HOOKS = (RunEndingHooks(), RunRecordHooks(), MlflowHook(), SyntheticDemoHooks(), ParameterCheckHooks())
+HOOKS = (
+    RunEndingHooks(),
+    RunRecordHooks(),
+    MlflowHook(),
+    TrackingStoreHooks(),
+    SyntheticDemoHooks(),
+    ParameterCheckHooks(),
+)
 # The distribution name is spelt either way, depending on how the wheel was built.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
