@@ -183,3 +183,25 @@ def test_two_first_runs_at_once_both_succeed_and_are_both_recorded(project_copy:
     client = mlflow.MlflowClient(f"sqlite:///{project_copy / 'mlflow.db'}")
     recorded = client.search_runs([client.get_experiment_by_name("all_detection").experiment_id])
     assert [run.info.status for run in recorded] == ["FINISHED", "FINISHED"]
+
+
+def test_a_run_ends_with_its_figures_paths_and_mlflow_run(project_copy: Path):
+    kedro = Path(sys.executable).with_name("kedro")
+    params = ("demo.synthetic_dataset.per_class=8,demo.synthetic_dataset.image_size=64,"
+              "preprocessing.image_size=32,training.epochs=2")  # fmt: skip
+    result = subprocess.run(
+        [str(kedro), "run", "--env", "demo", "--params", params],
+        cwd=project_copy, capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    summary = log[log.index("Run summary") :]
+    assert "Test accuracy" in summary and "bootstrap intervals" in summary
+    assert "random weights, not ImageNet's" in summary  # offline, the demo's base is random
+    assert str(project_copy / "data/08_reporting/model_card.md") in summary
+    assert f"{project_copy}/mlflow.db" in summary
+    client = mlflow.MlflowClient(f"sqlite:///{project_copy / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("all_detection").experiment_id])
+    assert run.info.run_name == "default cached original 32px seed42"
+    assert run.data.tags["runner"] == "SequentialRunner"
+    assert "cached training" in run.data.tags["mlflow.note.content"]

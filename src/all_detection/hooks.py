@@ -173,10 +173,17 @@ class RunRecordHooks:
         from all_detection.core.hardware import describe_device  # noqa: PLC0415 - imports Keras
 
         parameters = catalog.load("parameters")
+        pipelines = ",".join(run_params.get("pipeline_names") or ["__default__"])
         mlflow.set_tags(
             {
+                "mlflow.runName": run_name(pipelines, parameters),
+                "mlflow.note.content": run_description(
+                    pipelines, run_params.get("env") or "local", parameters
+                ),
+                # kedro-mlflow tags the runner object itself; its class name is what tells runs apart.
+                "runner": _class_name(run_params.get("runner")),
                 "environment": run_params.get("env") or "local",
-                "pipelines": ",".join(run_params.get("pipeline_names") or ["__default__"]),
+                "pipelines": pipelines,
                 "training_mode": parameters["training"]["mode"],
                 "input_mode": parameters["preprocessing"]["input_mode"],
                 "base_weights": str(parameters["model"]["base_weights"]),
@@ -189,6 +196,123 @@ class RunRecordHooks:
     def after_node_run(self, node: Any, catalog: Any, inputs: dict, outputs: dict, **kwargs: Any) -> None:
         if "manifest" in outputs and mlflow.active_run() is not None:
             mlflow.log_params(manifest_provenance(outputs["manifest"]))
+
+
+def run_name(pipelines: str, parameters: dict[str, Any]) -> str:
+    """What the run did, as the MLflow UI lists it: `default cached original 224px seed42`."""
+    training, preprocessing = parameters["training"], parameters["preprocessing"]
+    return " ".join(
+        [
+            pipelines.replace("__default__", "default"),
+            training["mode"],
+            preprocessing["input_mode"],
+            f"{preprocessing['image_size']}px",
+            f"seed{parameters['split']['seed']}",
+        ]
+    )
+
+
+def run_description(pipelines: str, env: str, parameters: dict[str, Any]) -> str:
+    training, preprocessing = parameters["training"], parameters["preprocessing"]
+    return (
+        f"`kedro run --pipeline {pipelines} --env {env}` on `{parameters['dataset']['root']}`: "
+        f"{training['mode']} training (VGG16 cut at {training['cache_at']}, class weights "
+        f"{training['class_weight']}, TTA {parameters['evaluation']['tta']}) on "
+        f"{preprocessing['input_mode']} images at {preprocessing['image_size']} px, "
+        f"split seed {parameters['split']['seed']}."
+    )
+
+
+def _class_name(runner: Any) -> str:
+    if runner is None:
+        return "SequentialRunner"
+    if isinstance(runner, str):  # "<kedro.runner.sequential_runner.SequentialRunner object at 0x...>"
+        return runner.strip("<>").split(" ")[0].rsplit(".", 1)[-1]
+    return type(runner).__name__
+
+
+class RunSummaryHooks:
+    """A few lines at the end of every run: its headline figures, where its outputs are, its MLflow run
+    and the command to try next. Registered last, so it runs while the MLflow run is still open."""
+
+    WATCHED = ("metrics", "training_summary", "data_quality", "predictions")
+
+    def __init__(self) -> None:
+        self.seen: dict[str, Any] = {}
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        self.seen = {}
+
+    @hook_impl
+    def after_node_run(self, node: Any, catalog: Any, inputs: dict, outputs: dict, **kwargs: Any) -> None:
+        self.seen |= {name: outputs[name] for name in self.WATCHED if name in outputs}
+
+    @hook_impl
+    def after_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Any, catalog: Any, **kwargs: Any
+    ) -> None:
+        paths = {}
+        for name in ("model_card", "metrics", "predictions", "data_quality"):
+            if name in self.seen or (name == "model_card" and "metrics" in self.seen):
+                paths[name] = str(getattr(catalog.get(name), "_filepath", ""))
+        active = mlflow.active_run()
+        run = (
+            None if active is None else (active.info.run_name, active.info.run_id, mlflow.get_tracking_uri())
+        )
+        for line in run_summary(self.seen, paths, run):
+            logger.info(line)
+
+
+def run_summary(seen: dict[str, Any], paths: dict[str, str], run: tuple[str, str, str] | None) -> list[str]:
+    """The end-of-run lines from the outputs a run produced (`RunSummaryHooks.WATCHED`), the paths of
+    its reports and its MLflow run (name, id, tracking URI)."""
+    lines = ["Run summary"]
+    quality = seen.get("data_quality")
+    if quality:
+        files, per_class = quality["files"], quality["images_per_class_and_split"]
+        sizes = {
+            split: sum(counts[split] for counts in per_class.values()) for split in ("train", "val", "test")
+        }
+        lines.append(
+            f"  Files: {files['total']} found (Original and Segmented), {files['ok']} readable, "
+            f"{files['quarantined']} quarantined; images split train {sizes['train']}, validation "
+            f"{sizes['val']}, test {sizes['test']}."
+        )
+    metrics = seen.get("metrics")
+    if metrics:
+        test, intervals = metrics["test"], metrics["test"]["confidence_intervals"]
+        accuracy, f1 = intervals["accuracy"], intervals["macro_f1"]
+        lines.append(
+            f"  Test accuracy {test['accuracy']:.3f} [{accuracy[0]:.3f}, {accuracy[1]:.3f}], macro F1 "
+            f"{test['macro_f1']:.3f} [{f1[0]:.3f}, {f1[1]:.3f}] on {test['n']} test images "
+            f"({round(100 * intervals['level'])}% bootstrap intervals)."
+        )
+    summary = seen.get("training_summary") or {}
+    if (summary.get("base_weights") or {}).get("used") == "None":
+        lines.append(
+            "  The VGG16 base had random weights, not ImageNet's: these numbers show the pipeline working, "
+            "not what the method achieves. Pass model.base_weights=/path/to/vgg16_..._notop.h5."
+        )
+    predictions = seen.get("predictions")
+    if predictions is not None:
+        ok = int((predictions["status"] == "ok").sum())
+        lines.append(
+            f"  Scored {ok} of {len(predictions)} files; {len(predictions) - ok} quarantined with a reason."
+        )
+    lines += [f"  {name.replace('_', ' ').capitalize()}: {path}" for name, path in paths.items() if path]
+    if run is not None:
+        name, run_id, uri = run
+        lines.append(f"  MLflow run '{name}' ({run_id}) in {uri}")
+    if metrics:
+        lines.append(
+            "  Next: `kedro mlflow ui` (choose 'Model training', experiment all_detection) to compare runs,"
+            ' or `kedro run --pipeline inference --params "inference.input_dir=/path/to/images"` to score'
+            " images."
+        )
+    elif quality:
+        lines.append("  Next: `kedro run` for the whole pipeline, training and evaluation included.")
+    return lines
 
 
 def manifest_provenance(manifest: pd.DataFrame) -> dict[str, Any]:

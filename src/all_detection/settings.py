@@ -6,6 +6,7 @@ from all_detection.hooks import (
     ParameterCheckHooks,
     RunEndingHooks,
     RunRecordHooks,
+    RunSummaryHooks,
     SyntheticDemoHooks,
     TrackingStoreHooks,
 )
@@ -21,6 +22,7 @@ HOOKS = (
     TrackingStoreHooks(),
     SyntheticDemoHooks(),
     ParameterCheckHooks(),
+    RunSummaryHooks(),
 )
 # The distribution name is spelt either way, depending on how the wheel was built.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
