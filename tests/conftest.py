@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.defects import write_defective_dataset
-from tests.projects import copy_project
+from tests.projects import PROJECT_ROOT, copy_project
 
 
 @pytest.fixture
@@ -22,3 +22,12 @@ def project_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     project = copy_project(tmp_path / "project")
     monkeypatch.chdir(project)
     return project
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_mlruns():
+    """The tests keep their MLflow stores and artifacts in temporary folders, never in the checkout."""
+    stray = PROJECT_ROOT / "mlruns"
+    existed = stray.exists()
+    yield
+    assert existed or not stray.exists(), "a test wrote MLflow artifacts to ./mlruns in the project root"

@@ -205,3 +205,21 @@ def test_a_run_ends_with_its_figures_paths_and_mlflow_run(project_copy: Path):
     assert run.info.run_name == "default cached original 32px seed42"
     assert run.data.tags["runner"] == "SequentialRunner"
     assert "cached training" in run.data.tags["mlflow.note.content"]
+
+
+def test_each_inference_run_keeps_its_own_predictions(project_copy: Path, tmp_path: Path):
+    from all_detection.synthetic import write_synthetic_dataset  # noqa: PLC0415
+
+    run_session(project_copy, env="demo", pipeline="__default__", **SMALL_DEMO,
+                preprocessing={"image_size": 32}, training={"epochs": 1})  # fmt: skip
+    images = tmp_path / "to_score"
+    write_synthetic_dataset(images, per_class=1, image_size=48, seed=5)
+    for _ in range(2):
+        run_session(project_copy, env="demo", pipeline="inference", **SMALL_DEMO,
+                    preprocessing={"image_size": 32}, inference={"input_dir": str(images)})  # fmt: skip
+    latest = pd.read_csv(project_copy / "data/07_model_output/predictions.csv")
+    kept = sorted(
+        (project_copy / "data/07_model_output/predictions_by_run/predictions.csv").glob("*/predictions.csv")
+    )
+    assert len(kept) == 2
+    pd.testing.assert_frame_equal(pd.read_csv(kept[-1]), latest)

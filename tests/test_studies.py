@@ -96,6 +96,8 @@ RECORD = {
 def test_child_runs_are_nested_under_the_run_in_progress(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    # Artifacts beside the store: MLflow's default, ./mlruns, would land in the project root.
+    mlflow.create_experiment("all_detection", artifact_location=str(tmp_path / "artifacts"))
     experiment = mlflow.set_experiment("all_detection")
     with mlflow.start_run(run_name="protocol_comparison") as parent:
         MlflowChildRunsDataset(study="protocol_comparison").save({"paper": RECORD, "leakage_free": RECORD})
@@ -121,6 +123,8 @@ def test_child_runs_are_nested_under_the_run_in_progress(tmp_path: Path):
 def test_without_a_run_in_progress_children_are_top_level_runs_of_the_study(tmp_path: Path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    # Artifacts beside the store: MLflow's default, ./mlruns, would land in the project root.
+    mlflow.create_experiment("all_detection", artifact_location=str(tmp_path / "artifacts"))
     experiment = mlflow.set_experiment("all_detection")
     dataset = MlflowChildRunsDataset(study="cross_validation")
     dataset.save({"fold_1": RECORD})

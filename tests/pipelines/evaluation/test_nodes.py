@@ -353,6 +353,8 @@ def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
     assert f"{low:.3f} to {high:.3f}" in card and "95%" in card
     assert "patient" in card.lower() and "no patient ids" in card
     assert "quarantined: 1" in card
+    # Files count Originals and Segmented copies; the usable images are the split table's 40 Originals.
+    assert "Files found: 81" in card and "Usable images (Originals, the unit of the split): 40." in card
     assert "Falling back" in card  # the base weights' fallback warning
     assert "Synthetic data" in card  # the demo set's root
     assert "Synthetic data" not in write_model_card(

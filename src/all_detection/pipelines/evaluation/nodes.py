@@ -436,10 +436,10 @@ def write_model_card(
         "Dataset: Aria M, Ghaderzadeh M, Bashash D, Abolghasemi H, Asadi F, Hosseini A. *Acute "
         "Lymphoblastic Leukemia (ALL) image dataset*. Kaggle, 2021. doi:10.34740/KAGGLE/DSV/2175623.",
         "",
-        f"Dataset root for this run: `{root}`. Files found: {files['total']}, usable: {files['ok']}, "
-        f"quarantined: {files['quarantined']}"
+        f"Dataset root for this run: `{root}`. Files found: {files['total']} (Original images and their "
+        f"Segmented copies), readable: {files['ok']}, quarantined: {files['quarantined']}"
         + _reasons(data_quality.get("quarantined", {}).get("by_reason", {}))
-        + ".",
+        + f". Usable images (Originals, the unit of the split): {_usable_images(data_quality)}.",
         "",
         "| class | train | val | test | total |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -579,6 +579,11 @@ def _tta(tta: str) -> str:
             "images, in evaluation, inference and MLflow serving alike."
         )
     return "none."
+
+
+def _usable_images(data_quality: dict[str, Any]) -> int:
+    # The split table's total, the same count as the MLflow parameter data.usable_images.
+    return sum(counts["total"] for counts in data_quality["images_per_class_and_split"].values())
 
 
 def _reasons(by_reason: dict[str, int]) -> str:

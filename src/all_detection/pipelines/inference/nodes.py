@@ -200,6 +200,12 @@ def score_images(
     return predictions[PREDICTION_COLUMNS]
 
 
+def keep_this_run(predictions: pd.DataFrame) -> pd.DataFrame:
+    """The same table, for the catalog's versioned copy (`predictions_of_run`): every inference run's
+    predictions are kept, one file per run, while `predictions.csv` holds the latest."""
+    return predictions
+
+
 def _prepared_image(path: Path, preprocessing: dict[str, Any], ingestion: dict[str, Any]) -> np.ndarray:
     mode = path.lstat().st_mode
     # Checked again: a file swapped for a link or a fifo since the scan is still never followed or read.

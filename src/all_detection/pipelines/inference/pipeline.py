@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import load_classifier, scan_inference_folder, score_images
+from .nodes import keep_this_run, load_classifier, scan_inference_folder, score_images
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -31,6 +31,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs="predictions",
                 name="score_images_node",
+            ),
+            Node(
+                keep_this_run,
+                inputs="predictions",
+                outputs="predictions_of_run",
+                name="keep_predictions_of_run_node",
             ),
         ],
         tags="inference",
