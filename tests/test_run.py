@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
+from all_detection.hooks import DemoFolderError
 from all_detection.parameters import ParameterError
 from tests.projects import run_session
 
@@ -125,6 +126,17 @@ def test_demo_set_is_deterministic_and_not_rewritten(project_copy: Path):
     (project_copy / "data/01_raw/demo_ALL").rename(project_copy / "data/01_raw/elsewhere")
     run_session(project_copy, env="demo", **SMALL_DEMO)
     assert image.read_bytes() == first_bytes
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_the_demo_never_writes_or_reads_a_folder_other_than_its_own(project_copy: Path, exists: bool):
+    other = project_copy / "my_images"
+    if exists:
+        (other / "Original").mkdir(parents=True)
+    with pytest.raises(DemoFolderError, match="leave out --env demo"):
+        run_session(project_copy, env="demo", dataset={"root": str(other)}, **SMALL_DEMO)
+    assert (other.exists(), list(other.rglob("*.jpg"))) == (exists, [])
+    assert not (project_copy / "data" / "02_intermediate").exists()
 
 
 def test_ingestion_of_a_defective_folder_keeps_every_file_and_quarantines_only_bad_ones(

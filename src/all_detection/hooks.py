@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import click
 import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
@@ -120,6 +121,10 @@ class TrackingStoreHooks:
             config.setup(context)
 
 
+class DemoFolderError(click.ClickException):
+    """The demo was pointed at a folder that is not its own."""
+
+
 class SyntheticDemoHooks:
     """Generate the synthetic dataset at `dataset.root` when the parameters ask for one (`demo` env).
 
@@ -129,9 +134,18 @@ class SyntheticDemoHooks:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         parameters = catalog.load("parameters")
-        recipe = (parameters.get("demo") or {}).get("synthetic_dataset")
-        if recipe:
-            ensure_synthetic_dataset(parameters["dataset"]["root"], recipe)
+        demo = parameters.get("demo") or {}
+        if not demo.get("synthetic_dataset"):
+            return
+        own, root = str(demo.get("root", parameters["dataset"]["root"])), str(parameters["dataset"]["root"])
+        if Path(root) != Path(own):
+            raise DemoFolderError(
+                f"--env demo runs on its own synthetic set, written to demo.root ('{own}'), but dataset.root "
+                f"is '{root}'. To run on the images in '{root}', leave out --env demo; to put the demo set "
+                f'in a new folder, pass both: --params "demo.root=NEW,dataset.root=NEW".'
+            )
+        ensure_synthetic_dataset(own, demo["synthetic_dataset"])
+        logger.info("Demo: synthetic smears in %s, made by the demo generator; not real data", own)
 
 
 def ensure_synthetic_dataset(root: str | Path, recipe: dict[str, Any]) -> Path:
@@ -146,7 +160,7 @@ def ensure_synthetic_dataset(root: str | Path, recipe: dict[str, Any]) -> Path:
         if not marker.exists():
             raise FileExistsError(
                 f"'{root}' exists and was not written by the synthetic demo generator; refusing to "
-                "overwrite it. Point dataset.root in conf/demo/parameters.yml at a new folder."
+                'overwrite it. Give the demo a new folder: --params "demo.root=NEW,dataset.root=NEW".'
             )
         if json.loads(marker.read_text()) == recipe:
             logger.info("Synthetic demo set already at %s (%s)", root, recipe)
