@@ -92,6 +92,9 @@ def write_defective_dataset(root: Path, image_size: int = 64) -> dict[str, str |
     expected["Original/Linked"] = "symbolic link (not followed)"
     os.mkfifo(benign / "WBC-Benign-802.jpg")
     expected["Original/Benign/WBC-Benign-802.jpg"] = "not a regular file"
+    # An empty folder named like an image: a user would count it as one, so it gets a row too.
+    (benign / "WBC-Benign-803.jpg").mkdir()
+    expected["Original/Benign/WBC-Benign-803.jpg"] = "not a regular file"
     # The same bytes under two labels: neither can be trusted. Their Segmented twins go with them.
     shutil.copy(
         root / "Original/Early/WBC-Malignant-Early-002.jpg", root / "Original/Pre/WBC-Malignant-Pre-002.jpg"

@@ -258,6 +258,7 @@ def test_the_pipeline_as_wired_passes_the_model_between_nodes(image_folder, mode
         "params:preprocessing": PREPROCESSING,
     }
     catalog = DataCatalog({name: MemoryDataset(value) for name, value in parameters.items()})
-    catalog["predictions"] = MemoryDataset()
+    catalog["predictions_of_run"] = MemoryDataset()
     SequentialRunner().run(create_pipeline(), catalog)
-    pd.testing.assert_frame_equal(catalog.load("predictions"), predictions)
+    # `predictions` is released once its last reader, the node keeping this run's copy, has run.
+    pd.testing.assert_frame_equal(catalog.load("predictions_of_run"), predictions)

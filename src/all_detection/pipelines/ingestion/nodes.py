@@ -112,11 +112,18 @@ _INVENTORY_COLUMNS = ["path", "folder", "label", *FILE_VERDICT_COLUMNS[1:]]
 
 
 def walk_without_following_links(root: Path) -> Iterator[PurePosixPath]:
-    """Yield every non-directory entry below root, relative, including links to folders (not entered)."""
+    """Yield every non-directory entry below root, relative, including links to folders (not entered)
+    and empty folders named like files (`scan.jpg/`), which a user would take for an image and expect
+    a row for (the verdict: not a regular file)."""
     for folder, subfolders, files in os.walk(root, followlinks=False):
         here = Path(folder).relative_to(root)
         linked_folders = [name for name in subfolders if (Path(folder) / name).is_symlink()]
-        for name in [*files, *linked_folders]:
+        named_like_files = [
+            name
+            for name in subfolders
+            if Path(name).suffix and name not in linked_folders and not any((Path(folder) / name).iterdir())
+        ]
+        for name in [*files, *linked_folders, *named_like_files]:
             yield PurePosixPath((here / name).as_posix())
 
 
