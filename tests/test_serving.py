@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
-from all_detection.serving import register_model
+from all_detection.serving import crown_champion, register_model
 
 HEAD = yaml.safe_load((Path(__file__).parents[1] / "conf/base/parameters_training.yml").read_text())["model"][
     "head"
@@ -105,3 +105,22 @@ def test_mlflow_models_serve_answers_over_rest_on_localhost(registered):
     )
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
     np.testing.assert_allclose(probabilities, model.predict(images, verbose=0), rtol=1e-4, atol=1e-6)
+
+
+def test_the_champion_alias_follows_the_best_test_accuracy(tmp_path: Path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    try:
+        client = mlflow.MlflowClient()
+        client.create_registered_model("all_detection")
+        crowned = []
+        for accuracy in (0.80, 0.70, 0.90, 0.90):
+            version = client.create_model_version("all_detection", source=str(tmp_path / "model"))
+            registration = {"registered": True, "name": "all_detection", "version": int(version.version)}
+            crowned.append(crown_champion(registration, {"test": {"accuracy": accuracy}})["champion_version"])
+        # Version 2 (0.70) and version 4 (a tie) do not displace the champion; version 3 (0.90) does.
+        assert crowned == [1, 1, 3, 3]
+        champion = client.get_model_version_by_alias("all_detection", "champion")
+        assert str(champion.version) == "3" and champion.tags["test_accuracy"] == "0.900000"
+        assert crown_champion({"registered": False}, {"test": {"accuracy": 1.0}}) == {"champion": False}
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -96,3 +96,37 @@ def register_model(model: keras.Model, test_images: np.ndarray) -> dict[str, Any
         "image_size": image_size,
         "channels": channels,
     }
+
+
+CHAMPION = "champion"
+
+
+def crown_champion(model_registration: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Tag this run's registered version with its test accuracy, and move the alias `champion` to it
+    when it beats the current champion's (or there is none yet), so `models:/all_detection@champion`
+    names the best model registered, not the first. Test accuracies of different datasets or splits
+    are not comparable: the alias is for one dataset's runs, as the tracking store usually holds."""
+    if not model_registration.get("registered"):
+        return {"champion": False}
+    client = mlflow.MlflowClient()
+    name, version = model_registration["name"], str(model_registration["version"])
+    accuracy = float(metrics["test"]["accuracy"])
+    client.set_model_version_tag(name, version, "test_accuracy", f"{accuracy:.6f}")
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:  # no champion yet
+        current = None
+    to_beat = float(current.tags.get("test_accuracy", "-inf")) if current is not None else None
+    crowned = to_beat is None or accuracy > to_beat
+    if crowned:
+        client.set_registered_model_alias(name, CHAMPION, version)
+        logger.info(
+            "%s version %s (test accuracy %.4f) is now models:/%s@%s", name, version, accuracy, name, CHAMPION
+        )
+    else:
+        logger.info(
+            "%s version %s (test accuracy %.4f) did not beat the champion, version %s (%.4f)",
+            name, version, accuracy, current.version, to_beat,
+        )  # fmt: skip
+    champion = version if crowned else str(current.version)
+    return {"champion": crowned, "champion_version": int(champion), "model_uri": f"models:/{name}@{CHAMPION}"}

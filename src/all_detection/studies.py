@@ -40,8 +40,10 @@ def model_run() -> Pipeline:
         outputs="mlflow_run",
         name="mlflow_run_node",
     )
+    evaluated = evaluation.create_pipeline()
     unregistered = trained - trained.only_nodes_with_tags("registration")
-    return unregistered + evaluation.create_pipeline() + Pipeline([record])
+    unranked = evaluated - evaluated.only_nodes_with_tags("registration")
+    return unregistered + unranked + Pipeline([record])
 
 
 def namespaced(

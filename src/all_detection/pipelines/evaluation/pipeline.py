@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from all_detection.serving import crown_champion
+
 from .figures import (
     plot_confusion_matrix,
     plot_gradcam,
@@ -129,6 +131,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["test_images", "test_predictions", "params:evaluation.misclassified_max"],
                 outputs="misclassified_figure",
                 name="plot_misclassified_node",
+            ),
+            Node(
+                crown_champion,
+                inputs=["model_registration", "metrics"],
+                outputs="champion",
+                name="crown_champion_node",
+                # As register_model_node: the studies register no model.
+                tags="registration",
             ),
         ],
         tags="evaluation",
