@@ -270,10 +270,11 @@ class RunSummaryHooks:
         for name in ("model_card", "metrics", "predictions", "data_quality"):
             if name in self.seen or (name == "model_card" and "metrics" in self.seen):
                 paths[name] = str(getattr(catalog.get(name), "_filepath", ""))
-        active = mlflow.active_run()
-        run = (
-            None if active is None else (active.info.run_name, active.info.run_id, mlflow.get_tracking_uri())
-        )
+        active, run = mlflow.active_run(), None
+        if active is not None:
+            # The run's name as tagged since it was opened (RunRecordHooks), read back from the store.
+            name = mlflow.get_run(active.info.run_id).info.run_name
+            run = (name, active.info.run_id, mlflow.get_tracking_uri())
         for line in run_summary(self.seen, paths, run):
             logger.info(line)
 
