@@ -17,10 +17,12 @@ import keras
 CPU_BATCH_SIZES = {"feature_batch_size": 16, "batch_size": 32}
 #: The batch size `training.learning_rate` and `fine_tune_learning_rate` are given for.
 REFERENCE_BATCH_SIZE = 32
-#: Device memory one image takes in a batch at 224 px: VGG16's forward activations in float16 with the
-#: working space of its convolutions (feature pass), and with the head's gradients and the optimiser's
-#: state on top (training). Only a quarter of the device's memory is planned for, so compiled kernels'
-#: scratch space and the framework's own pools fit beside the batch.
+#: Device memory one image is planned to take in a batch at 224 px, an estimate rather than a
+#: measurement: VGG16's forward activations in float16 are about 30 MB if all were kept at once (15
+#: million values), less as compiled code frees them (feature pass); gradients and the optimiser's
+#: state come on top in training. Only a quarter of the device's memory is planned for, so kernels'
+#: scratch space and the framework's pools fit beside the batch. On an 80 GB card this gives 512 and
+#: 256, the batch sizes the H200 baseline (shared/gpu) ran without trouble.
 BYTES_PER_IMAGE = {"feature_batch_size": 24 * 2**20, "batch_size": 48 * 2**20}
 GPU_BATCH_LIMITS = {"feature_batch_size": (16, 1024), "batch_size": (32, 256)}
 
