@@ -141,16 +141,6 @@ def _history_frame(history: keras.callbacks.History, phase: str, first_epoch: in
     return frame
 
 
-def _above_cut_features(base_above: keras.Model, maps: np.ndarray, batch_size: int) -> np.ndarray:
-    """The frozen layers above the cut over cached maps: the base's output features, float16."""
-    features = np.empty((len(maps), *base_above.output_shape[1:]), dtype=np.float16)
-    for start in range(0, len(maps), batch_size):
-        batch = np.asarray(maps[start : start + batch_size])
-        features[start : start + len(batch)] = base_above.predict_on_batch(batch)
-        release_pages(maps)
-    return features
-
-
 def fit_cached(
     head: keras.Model,
     base_above: keras.Model | None,
@@ -189,7 +179,9 @@ def fit_cached(
     # train with it, at the fine-tuning rate, on the cached maps.
     base_above.trainable = False
     feature_batch = training["feature_batch_size"]
-    head_inputs = [_above_cut_features(base_above, maps, feature_batch) for maps in (train_maps, val_maps)]
+    head_inputs = [
+        extract_features(base_above, maps, feature_batch, "float16") for maps in (train_maps, val_maps)
+    ]
     phases = [_history_frame(fit(head, *head_inputs, epochs=training["epochs"]), "head", 0)]
     del head_inputs
     if training["fine_tune_epochs"]:
