@@ -1,32 +1,9 @@
 """Project settings: Kedro's defaults, plus deep-merged parameters and the hooks in a known order."""
 
-import logging
-import os
-import warnings
-from pathlib import Path
+from all_detection.quiet import silence_known_noise
 
-# Quiet logs: nothing in a run's log should look like a fault when none happened. Set before the
-# libraries load; a user who wants their messages back sets the variable or level first.
-# TensorFlow probes CUDA at import and logs an error on a machine without a GPU driver, and its data
-# pipeline logs an op-attribute mismatch as an error; on such a machine only its fatal messages show.
-if not any(Path("/dev").glob("nvidia*")):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-# Deprecations inside Kedro, kedro-mlflow and MLflow that this project cannot act on.
-warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
-warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method", category=UserWarning)
-
-
-class _DisablingAutologging(logging.Filter):
-    """kedro-mlflow switches MLflow's autologging off (mlflow.yml), and MLflow reports a failure to
-    import its TensorFlow integration while doing so: not an error, since autologging stays off."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "while enabling autologging" not in record.getMessage()
-
-
-logging.getLogger("mlflow.tracking.fluent").addFilter(_DisablingAutologging())
-# kedro-mlflow calls the relative artifact location (mlartifacts) a relative tracking URI at INFO.
-logging.getLogger("kedro_mlflow.config.kedro_mlflow_config").setLevel(logging.WARNING)
+# Before the libraries load: see all_detection.quiet.
+silence_known_noise()
 
 from kedro_mlflow.framework.hooks import MlflowHook  # noqa: E402
 

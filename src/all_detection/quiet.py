@@ -1,0 +1,45 @@
+"""Quiet logs: nothing in a run's log should look like a fault when none happened.
+
+`silence_known_noise` runs first thing in the project's settings, which every `kedro` command in the
+project loads before TensorFlow, MLflow or kedro-mlflow (whose import alone makes MLflow warn). A user
+who wants these messages back sets the variable, warning filter or logger level before the project loads.
+"""
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+# Messages from the libraries that report no fault of this project's: Kedro's and kedro-mlflow's own
+# deprecations, MLflow asking kedro-mlflow's PythonModel for type hints at import, and MLflow failing
+# to import its TensorFlow autologging while kedro-mlflow switches autologging off (it stays off).
+KNOWN_NOISE = (
+    r"register_new_resolver\(\) is deprecated",
+    r".*Add type hints to the `predict` method",
+)
+KNOWN_NOISE_IN_LOGS = ("register_new_resolver() is deprecated", "Add type hints to the `predict` method",
+                       "while enabling autologging")  # fmt: skip
+
+
+class _KnownNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(noise in message for noise in KNOWN_NOISE_IN_LOGS)
+
+
+def silence_known_noise() -> None:
+    # TensorFlow probes CUDA at import and logs an error on a machine without a GPU driver, and its
+    # data pipeline logs an op-attribute mismatch as an error; on such a machine only its fatal
+    # messages show. (Two informational lines it prints before its logging starts cannot be hidden.)
+    if not any(Path("/dev").glob("nvidia*")):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for message in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    # MLflow shows its type-hint warning under its own "once" filter, which outranks any filter set
+    # here; Kedro logs warnings through `py.warnings`, where this filter drops it.
+    for name in ("py.warnings", "mlflow.tracking.fluent"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, _KnownNoise) for existing in logger.filters):
+            logger.addFilter(_KnownNoise())
+    # kedro-mlflow calls the relative artifact location (mlartifacts) a relative tracking URI at INFO.
+    logging.getLogger("kedro_mlflow.config.kedro_mlflow_config").setLevel(logging.WARNING)
