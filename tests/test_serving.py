@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import importlib.util
 from pathlib import Path
 
 import mlflow
@@ -19,19 +13,27 @@ import yaml
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
 from all_detection.serving import crown_champion, register_model
 
-HEAD = yaml.safe_load((Path(__file__).parents[1] / "conf/base/parameters_training.yml").read_text())["model"][
-    "head"
-]
+PROJECT = Path(__file__).parents[1]
+HEAD = yaml.safe_load((PROJECT / "conf/base/parameters_training.yml").read_text())["model"]["head"]
 
 
-@pytest.fixture
-def registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A tiny trained-shape model registered in a throwaway SQLite store, and some images for it."""
-    monkeypatch.chdir(tmp_path)
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def _serving_benchmark():
+    spec = importlib.util.spec_from_file_location("serving_benchmark", PROJECT / "benchmarks" / "serving.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny trained-shape model registered once in a throwaway SQLite store, and some images for it."""
+    store = tmp_path_factory.mktemp("serving")
+    tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
-    # Earlier runs in this process leave their experiment active; this store has its own.
-    mlflow.set_experiment("all_detection")
+    # Earlier runs in this process leave their experiment active; this store has its own, with its
+    # artifacts beside it rather than in ./mlruns.
+    experiment = mlflow.create_experiment("all_detection", (store / "artifacts").as_uri())
+    mlflow.set_experiment(experiment_id=experiment)
     base, _ = build_base(32, None)
     extractor = build_feature_extractor(base, 3, "imagenet")
     model = assemble_classifier(extractor, build_head(extractor.output_shape[1:], HEAD))
@@ -53,58 +55,34 @@ def test_registration_adds_a_version_with_a_signature(registered):
     assert info.saved_input_example_info is not None
 
 
+def test_the_model_is_logged_from_code_and_loads_no_pickle(registered, tmp_path: Path):
+    logged = Path(mlflow.artifacts.download_artifacts(registered[0]["model_uri"], dst_path=str(tmp_path)))
+    pyfunc = yaml.safe_load((logged / "MLmodel").read_text())["flavors"]["python_function"]
+    assert pyfunc["model_code_path"].endswith("served_model.py") and "python_model" not in pyfunc
+    assert not [path for path in logged.rglob("*") if path.suffix in {".pkl", ".pickle", ".cloudpickle"}]
+
+
 def test_pyfunc_loader_gives_the_keras_models_probabilities(registered):
     registration, model, images, _ = registered
     served = mlflow.pyfunc.load_model(registration["model_uri"]).predict(images)
     np.testing.assert_allclose(served.to_numpy(), model.predict(images, verbose=0), rtol=1e-5, atol=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def test_mlflow_models_serve_answers_over_rest_on_localhost(registered):
+def test_mlflow_models_serve_answers_a_concurrent_burst_correctly(registered):
+    """24 requests of 1 to 3 images, 6 at a time, to `mlflow models serve` on localhost: every answer
+    is the Keras model's own probabilities for the images that request sent."""
     registration, model, images, tracking_uri = registered
-    port = _free_port()
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    # The server starts uvicorn by name: it must find the one beside this interpreter.
-    path = f"{mlflow_cli.parent}{os.pathsep}{os.environ['PATH']}"
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
-    server = subprocess.Popen(
-        [str(mlflow_cli), "models", "serve", "-m", registration["model_uri"], "--env-manager", "local",
-         "--host", "127.0.0.1", "--port", str(port)],
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                assert server.poll() is None, "mlflow models serve exited"
-                assert time.monotonic() < deadline, "mlflow models serve did not come up in 120 s"
-                time.sleep(1)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": images.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as answer:
-            predictions = json.loads(answer.read())["predictions"]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    probabilities = np.array(
-        [[row[f"prob_{label}"] for label in ("Benign", "Early", "Pre", "Pro")] for row in predictions]
-    )
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
-    np.testing.assert_allclose(probabilities, model.predict(images, verbose=0), rtol=1e-4, atol=1e-6)
+    benchmark = _serving_benchmark()
+    rng = np.random.default_rng(1)
+    batches = [images[rng.choice(len(images), size=1 + number % 3, replace=False)] for number in range(24)]
+    with benchmark.served(registration["model_uri"], tracking_uri) as url:
+        answers, wall_seconds = benchmark.send_burst(url, batches, concurrency=6)
+    benchmark.check_answers(answers, batches)
+    for answer, batch in zip(answers, batches, strict=True):
+        expected = model.predict(batch, verbose=0)
+        np.testing.assert_allclose(answer.probabilities, expected, rtol=1e-4, atol=1e-6)
+    summary = benchmark.load_summary(answers, wall_seconds)
+    assert summary["requests"] == 24 and summary["latency_p99_s"] >= summary["latency_p50_s"] > 0
 
 
 def test_the_champion_alias_follows_the_best_test_accuracy(tmp_path: Path):

@@ -25,6 +25,7 @@ from all_detection.layout import PROBABILITY_COLUMNS
 logger = logging.getLogger(__name__)
 
 REGISTERED_NAME = "all_detection"
+SERVED_MODEL_CODE = Path(__file__).with_name("served_model.py")
 # Images per forward pass in a served request: a model with dihedral test-time augmentation runs each
 # as 8 views, and 8 images at 224 px keep VGG16's activations near 1.4 GB (evaluation.predict_batch_size).
 PREDICT_BATCH_SIZE = 8
@@ -62,8 +63,10 @@ def model_signature(image_size: int, channels: int) -> ModelSignature:
 def register_model(model: keras.Model, test_images: np.ndarray) -> dict[str, Any]:
     """Log the model to the active MLflow run as a pyfunc with signature and input example, and register it.
 
-    Each call adds a version of the registered model `all_detection`. The project's package travels
-    with the model (`code_paths`), so it loads wherever MLflow runs. kedro-mlflow's model dataset takes
+    Each call adds a version of the registered model `all_detection`. The model is logged from code
+    (`served_model.py`, MLflow's models-from-code): loading it runs that file, and no pickled Python
+    object is stored or unpickled. The project's package travels with the model (`code_paths`), so it
+    loads wherever MLflow runs. kedro-mlflow's model dataset takes
     its signature from static configuration, but the signature depends on the trained image size, so
     this one step talks to MLflow directly. Without an active run (tracking disabled) nothing is logged.
     """
@@ -77,7 +80,7 @@ def register_model(model: keras.Model, test_images: np.ndarray) -> dict[str, Any
         model.save(keras_file)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=StageClassifier(),
+            python_model=str(SERVED_MODEL_CODE),
             artifacts={"keras_model": str(keras_file)},
             code_paths=[str(Path(all_detection.__file__).parent)],
             signature=model_signature(image_size, channels),
