@@ -28,13 +28,16 @@ logger = logging.getLogger(__name__)
 
 class ParameterCheckHooks:
     """Refuse a run whose parameters cannot work before it does anything (`all_detection.parameters`):
-    the values as soon as the catalog exists, the paths its pipeline will read just before it starts.
-    Registered last, so it runs before the other hooks (before MLflow opens a run or the demo set is
-    written)."""
+    the values as soon as the project's context exists (before the pipelines, and with them
+    TensorFlow, are imported: a bad value fails in seconds), the paths its pipeline will read just
+    before it starts. Registered last, so it runs before the other hooks (before MLflow opens a run
+    or the demo set is written)."""
 
     @hook_impl
-    def after_catalog_created(self, parameters: dict[str, Any], **kwargs: Any) -> None:
-        check_parameters(parameters.get("parameters", {}))
+    def after_context_created(self, context: Any) -> None:
+        # The configuration's parameters with the run's --params applied; `context.params` would
+        # import every pipeline first, to validate parameters against their nodes' type hints.
+        check_parameters(context.config_loader["parameters"])
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
