@@ -5,7 +5,7 @@ the cost of running `kedro run --pipeline cross_validation` once per setting.
 VGG16 up to `block4_pool` runs once over every usable image's 8 exact symmetries and its random views
 (the paper's transforms, `augmentation.multiplier`), and the maps are kept on disk as float16. Each
 setting then costs only the layers above its cut and the head: the folds are the cross_validation
-pipeline's (`assign_folds`, validation rows as its `cross_validate` picks them), training is the
+pipeline's (`assign_folds`, validation rows as its `fold_splits` picks them), training is the
 pipeline's own (`fit_cached`: head, then fine-tuning above the cut, early stopping, class weights),
 and test-time augmentation averages the predictions over a test image's 8 cached symmetries, which is
 what the saved model computes from the images.
@@ -35,7 +35,7 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
-import yaml
+from kedro.config import OmegaConfigLoader
 
 from all_detection.core.hardware import hardware_setup, sized_for_device
 from all_detection.core.model import (
@@ -50,7 +50,8 @@ from all_detection.core.model import (
 from all_detection.core.training import fit_cached
 from all_detection.layout import CLASSES
 from all_detection.pipelines.augmentation.nodes import count_views, plan_views, render_views
-from all_detection.pipelines.cross_validation.nodes import _validation_rows, assign_folds
+from all_detection.pipelines.cross_validation.nodes import assign_folds, fold_splits
+from all_detection.settings import CONFIG_LOADER_ARGS
 from all_detection.studies import pooled_images, pooled_index
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -62,10 +63,8 @@ BATCH = 16
 
 
 def parameters() -> dict[str, Any]:
-    merged: dict[str, Any] = {}
-    for path in sorted((PROJECT / "conf" / "base").glob("parameters_*.yml")):
-        merged.update(yaml.safe_load(path.read_text()))
-    return merged
+    """The project's base parameters through Kedro's config loader, as `kedro run` sees them."""
+    return OmegaConfigLoader(str(PROJECT / "conf"), env="base", **CONFIG_LOADER_ARGS)["parameters"]
 
 
 def cache(weights: str) -> None:
@@ -205,11 +204,10 @@ def run(name: str, settings: argparse.Namespace) -> dict[str, Any]:
             at_cut(f"symmetry_{number}", settings.cut, base) for number in range(DIHEDRAL_SYMMETRIES)
         ]
         random_views = at_cut("random_views", settings.cut, base)
-        share = params["split"]["val_fraction"] / (1 - 1 / k)
-        for fold in range(1, k + 1):
-            test_rows = np.flatnonzero(folds["fold"] == fold)
-            val_rows = _validation_rows(folds[folds["fold"] != fold], share, seed)
-            train_rows = np.setdiff1d(np.flatnonzero(folds["fold"] != fold), val_rows)
+        for fold, assigned in enumerate(fold_splits(folds, params["split"]), start=1):
+            test_rows, val_rows, train_rows = (
+                np.flatnonzero(assigned["split"] == split) for split in ("test", "val", "train")
+            )
             train_maps, view_labels = training_views(
                 train_rows, labels, symmetries, random_views, random_sources, settings.views, index,
                 params["augmentation"], seed,

@@ -24,7 +24,11 @@ from typing import Any
 
 import keras
 import numpy as np
-import yaml
+from kedro.config import OmegaConfigLoader
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Pipeline
+from kedro.runner import SequentialRunner
+from kedro_datasets.pandas import ParquetDataset
 from PIL import Image
 
 from all_detection.core.hardware import describe_device, sized_for_device
@@ -37,11 +41,13 @@ from all_detection.core.model import (
     one_hot,
 )
 from all_detection.core.training import extract_features
+from all_detection.datasets import NumpyArrayDataset
 from all_detection.layout import CLASSES
+from all_detection.parameters import parameter_feed
 from all_detection.pipelines import augmentation, ingestion, preprocessing
 from all_detection.pipelines.inference.nodes import load_classifier, scan_inference_folder, score_images
 from all_detection.pipelines.training.nodes import cache_base_features, train_classifier
-from all_detection.studies import run_in_memory
+from all_detection.settings import CONFIG_LOADER_ARGS
 from all_detection.synthetic import render_smear, write_synthetic_dataset
 
 SPLIT_STACKS = ["train_images", "train_index", "val_images", "val_index"]
@@ -53,11 +59,29 @@ REAL_IMAGES = 3256
 
 
 def parameters() -> dict[str, Any]:
-    """The project's base parameters, as `kedro run` would see them."""
-    merged: dict[str, Any] = {}
-    for path in sorted(CONF.glob("parameters*.yml")):
-        merged.update(yaml.safe_load(path.read_text()))
-    return merged
+    """The project's base parameters, as `kedro run` would see them (Kedro's config loader, the
+    project's settings)."""
+    loader = OmegaConfigLoader(str(PROJECT / "conf"), env="base", **CONFIG_LOADER_ARGS)
+    return loader["parameters"]
+
+
+def run_stages(
+    pipeline: Pipeline, params: dict[str, Any], folder: Path, outputs: list[str]
+) -> dict[str, Any]:
+    """`pipeline` run by Kedro's runner with `params` (as `params:a` and `params:a.b`, the way a Kedro
+    context feeds them) and the `outputs` saved as the catalog saves them, as .npy stacks and Parquet
+    indices in `folder`; those outputs, loaded back."""
+
+    fed = parameter_feed(params)
+    catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in fed.items()})
+    for name in outputs:
+        catalog[name] = (
+            ParquetDataset(filepath=str(folder / f"{name}.parquet"))
+            if name.endswith("_index")
+            else NumpyArrayDataset(str(folder / f"{name}.npy"))
+        )
+    SequentialRunner().run(pipeline, catalog)
+    return {name: catalog[name].load() for name in outputs}
 
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
@@ -108,10 +132,10 @@ def prepared_splits(root: Path, per_class: int, image_size: int, params: dict[st
         "preprocessing": {**params["preprocessing"], "image_size": image_size},
     }
     stages = ingestion.create_pipeline() + preprocessing.create_pipeline() + augmentation.create_pipeline()
-    made = run_in_memory(
+    made = run_stages(
         stages,
-        {},
         parameters,
+        root.parent / "stages",
         [*SPLIT_STACKS, "test_images", "augmented_train_images", "augmented_train_index"],
     )
     return {

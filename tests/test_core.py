@@ -11,7 +11,6 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import yaml
 
 from all_detection.core import hardware
 from all_detection.core.arrays import prefetched_batches
@@ -19,6 +18,7 @@ from all_detection.core.hardware import CPU_BATCH_SIZES, REFERENCE_BATCH_SIZE, s
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
 from all_detection.core.prediction import predict_probabilities
 from all_detection.core.training import ArrayBatches, extract_features
+from tests.configuration import configured_parameters
 from tests.projects import PROJECT_ROOT
 
 CORE_MODULES = ["arrays", "augmenter", "hardware", "model", "prediction", "progress", "training"]
@@ -125,9 +125,8 @@ def test_the_gpu_benchmark_measures_the_shipped_parameters():
     spec = importlib.util.spec_from_file_location("gpu_benchmark", PROJECT_ROOT / "benchmarks" / "gpu.py")
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
-    conf = PROJECT_ROOT / "conf" / "base"
-    training = yaml.safe_load((conf / "parameters_training.yml").read_text())
-    augmentation = yaml.safe_load((conf / "parameters_augmentation.yml").read_text())["augmentation"]
+    training = configured_parameters()
+    augmentation = training["augmentation"]
     for key, value in benchmark.SHIPPED_TRAINING.items():
         assert training["training"][key] == value, key
     assert training["model"]["head"] == benchmark.SHIPPED_HEAD

@@ -8,20 +8,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from kedro.config import OmegaConfigLoader
 
 from all_detection.parameters import ParameterError, check_parameters, check_paths, sections_read
 from all_detection.pipelines.inference.pipeline import create_pipeline as inference_pipeline
 from all_detection.pipelines.ingestion.pipeline import create_pipeline as ingestion_pipeline
-from tests.projects import PROJECT_ROOT, run_session
-
-
-def project_parameters(env: str = "local") -> dict:
-    loader = OmegaConfigLoader(
-        str(PROJECT_ROOT / "conf"), base_env="base", default_run_env=env,
-        merge_strategy={"parameters": "soft"},
-    )  # fmt: skip
-    return loader["parameters"]
+from tests.configuration import configured_parameters
+from tests.projects import run_session
 
 
 def with_value(parameters: dict, dotted: str, value) -> dict:
@@ -37,9 +29,9 @@ def with_value(parameters: dict, dotted: str, value) -> dict:
     return changed
 
 
-@pytest.mark.parametrize("env", ["local", "demo"])
+@pytest.mark.parametrize("env", ["base", "demo"])
 def test_the_shipped_parameters_are_valid(env):
-    check_parameters(project_parameters(env))
+    check_parameters(configured_parameters(env))
 
 
 @pytest.mark.parametrize(
@@ -61,19 +53,19 @@ def test_the_shipped_parameters_are_valid(env):
 )  # fmt: skip
 def test_each_bad_value_is_named_with_what_was_given(dotted, value, named):
     with pytest.raises(ParameterError) as raised:
-        check_parameters(with_value(project_parameters(), dotted, value))
+        check_parameters(with_value(configured_parameters(), dotted, value))
     assert any(named in problem for problem in raised.value.problems), raised.value.problems
     assert "nothing was run" in raised.value.message
 
 
 def test_a_multiplier_below_one_for_one_class_is_named():
-    parameters = with_value(project_parameters(), "augmentation.multiplier.Pro", 0.5)
+    parameters = with_value(configured_parameters(), "augmentation.multiplier.Pro", 0.5)
     with pytest.raises(ParameterError, match=r"augmentation\.multiplier\.Pro = 0\.5"):
         check_parameters(parameters)
 
 
 def test_paths_are_checked_only_for_the_sections_a_pipeline_reads(tmp_path: Path):
-    parameters = with_value(project_parameters(), "dataset.root", str(tmp_path / "missing"))
+    parameters = with_value(configured_parameters(), "dataset.root", str(tmp_path / "missing"))
     parameters = with_value(parameters, "model.base_weights", str(tmp_path / "missing.h5"))
     parameters = with_value(parameters, "inference.input_dir", str(tmp_path / "nothing"))
     assert sections_read(ingestion_pipeline()) >= {"dataset"}

@@ -12,9 +12,10 @@ import yaml
 
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
 from all_detection.serving import crown_champion, register_model
+from tests.configuration import configured_parameters
 
 PROJECT = Path(__file__).parents[1]
-HEAD = yaml.safe_load((PROJECT / "conf/base/parameters_training.yml").read_text())["model"]["head"]
+HEAD = configured_parameters()["model"]["head"]
 
 
 def _serving_benchmark():

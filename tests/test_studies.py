@@ -1,4 +1,4 @@
-"""The studies' building blocks: namespacing, rewiring, in-memory runs and MLflow child runs."""
+"""The studies' building blocks: variants (namespaced runs, their own parameters) and MLflow child runs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from kedro.io import DatasetError
 from kedro.pipeline import Node, Pipeline
 
 from all_detection.datasets import MlflowChildRunsDataset
-from all_detection.studies import model_run, namespaced, reading, run_in_memory
+from all_detection.studies import model_run, variant
 
 
 def scale(values: list[float], factor: float) -> list[float]:
@@ -34,42 +34,20 @@ TOY = Pipeline(
 )
 
 
-def test_a_namespaced_run_prefixes_its_datasets_but_shares_parameters_and_named_inputs():
-    run = namespaced(TOY, "fold_1", shared=["values"])
+def test_a_variant_prefixes_its_datasets_but_shares_parameters_and_named_inputs():
+    run = variant(TOY, "fold_1", shared=["values"])
     assert run.inputs() == {"values", "params:factor", "params:settings"}
     assert run.outputs() == {"fold_1.total", "fold_1.description"}
-    renamed = namespaced(TOY, "paper", renamed={"values": "paper.views"})
+    renamed = variant(TOY, "paper", renamed={"values": "paper.views"})
     assert "paper.views" in renamed.inputs()
     assert {node.namespace for node in renamed.nodes} == {"paper"}
 
 
-def test_reading_swaps_a_parameter_for_a_dataset_in_every_node():
-    rewired = reading(TOY, "params:settings", "run_settings")
-    assert rewired.inputs() == {"values", "params:factor", "run_settings"}
-    outputs = run_in_memory(
-        rewired, {"values": [1.0, 2.0], "run_settings": {"name": "masked"}}, {"factor": 2}, ["description"]
-    )
-    assert outputs == {"description": "masked: 6.0"}
-
-
-def test_an_in_memory_run_returns_outputs_other_nodes_consume_and_runs_only_what_they_need():
-    calls = []
-
-    def watched_total(values: list[float]) -> float:
-        calls.append("total")
-        return sum(values)
-
-    pipeline = Pipeline(
-        [
-            Node(scale, ["values", "params:factor"], "scaled", name="scale_node"),
-            Node(watched_total, "scaled", "total", name="total_node"),
-        ]
-    )
-    values = [1.0, 2.0, 3.0]
-    outputs = run_in_memory(pipeline, {"values": values}, {"factor": 10}, ["scaled"])
-    assert outputs == {"scaled": [10.0, 20.0, 30.0]} and calls == []
-    outputs = run_in_memory(pipeline, {"values": values}, {"factor": 10}, ["scaled", "total"])
-    assert outputs == {"scaled": [10.0, 20.0, 30.0], "total": 60.0} and calls == ["total"]
+def test_a_variant_reads_the_parameters_it_overrides_from_its_own_section():
+    run = variant(TOY, "masked_input", shared=["values"], overridden=["params:settings"])
+    assert run.inputs() == {"values", "params:factor", "params:masked_input.settings"}
+    describe_node = next(node for node in run.nodes if node.name == "masked_input.describe_node")
+    assert describe_node.inputs == ["masked_input.scaled", "params:masked_input.settings"]
 
 
 def test_a_study_s_model_run_trains_and_evaluates_but_registers_nothing():

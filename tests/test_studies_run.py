@@ -98,6 +98,15 @@ def test_cross_validation_tests_every_image_once_and_logs_each_fold(project: Pat
     assert summary["across_folds"]["test_accuracy"]["mean"] == pytest.approx(np.mean(accuracies), abs=1e-6)
     folds = pd.read_parquet(project / "data/05_model_input/cross_validation_folds.parquet")
     assert len(folds) == 40 and (folds.groupby("group")["fold"].nunique() == 1).all()
+    # Each fold is a namespace saving what a `kedro run` saves, in a folder named after it.
+    for fold in ("fold_1", "fold_2"):
+        reports = project / "data/08_reporting" / fold
+        assert {"metrics.json", "model_card.md", "confusion_matrix.png"} <= {
+            path.name for path in reports.iterdir()
+        }
+        assert (project / "data/06_models" / fold / "model.keras").is_file()
+        split = pd.read_parquet(project / "data/05_model_input" / fold / "fold_index.parquet")
+        assert (split["split"] == "test").sum() == summary["folds"][fold]["test"]["n"]
 
     parent, children = study_runs(project, "cross_validation")
     assert [child.info.run_name for child in children] == ["fold_1", "fold_2"]
@@ -156,6 +165,8 @@ def test_kedro_viz_builds_a_static_site_showing_every_pipeline(project: Path):
     for study, namespaces in (
         ("protocol_comparison", {"paper", "leakage_free"}),
         ("input_mode_comparison", {"original_input", "segmented_input", "masked_input", "dual_input"}),
+        # Outside a run, the fold count comes from the project's conf (5).
+        ("cross_validation", {f"fold_{fold}" for fold in range(1, 6)}),
     ):
         graph = json.loads((project / f"build/api/pipelines/{study}").read_text())
         assert namespaces <= set(graph["modular_pipelines"])  # each collapses into one box

@@ -20,7 +20,13 @@ import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
-from all_detection.parameters import check_parameters, check_paths, sections_read
+from all_detection.parameters import (
+    check_fold_count,
+    check_parameters,
+    check_paths,
+    remember_run_parameters,
+    sections_read,
+)
 from all_detection.synthetic import write_synthetic_dataset
 
 logger = logging.getLogger(__name__)
@@ -37,11 +43,15 @@ class ParameterCheckHooks:
     def after_context_created(self, context: Any) -> None:
         # The configuration's parameters with the run's --params applied; `context.params` would
         # import every pipeline first, to validate parameters against their nodes' type hints.
-        check_parameters(context.config_loader["parameters"])
+        parameters = context.config_loader["parameters"]
+        check_parameters(parameters)
+        remember_run_parameters(parameters)  # the cross_validation pipeline's shape follows the run's
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        check_paths(catalog.load("parameters"), sections_read(pipeline))
+        parameters = catalog.load("parameters")
+        check_paths(parameters, sections_read(pipeline))
+        check_fold_count(parameters, pipeline)
 
 
 class RunEndingHooks:

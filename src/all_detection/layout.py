@@ -1,4 +1,5 @@
-"""The ALL dataset's folder layout (Aria et al. 2021, Kaggle), shared by ingestion and the demo set."""
+"""The ALL dataset's layout (Aria et al. 2021, Kaggle) and the project's rules about it, each spelt once:
+classes, folders, splits, input modes and their channels."""
 
 from __future__ import annotations
 
@@ -19,3 +20,30 @@ IMAGE_FOLDERS: tuple[str, ...] = (ORIGINAL_DIR, SEGMENTED_DIR)
 
 #: One probability column per class, in `CLASSES` order, wherever predictions are written or served.
 PROBABILITY_COLUMNS: list[str] = [f"prob_{label}" for label in CLASSES]
+
+#: The splits of the usable images, in the order they are stacked and reported.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+#: What the network sees of a smear: the paper's `original`, `segmented` (stained cells on black),
+#: `masked` (background dimmed) or `dual` (original and segmented stacked, the dataset authors' model).
+INPUT_MODES: tuple[str, ...] = ("original", "segmented", "masked", "dual")
+DUAL_INPUT = "dual"
+RGB_CHANNELS = 3
+
+
+#: Cross-validation runs each fold as a namespace of the project's pipelines: `fold_1` ... `fold_k`.
+FOLD_PREFIX = "fold_"
+
+
+def fold_names(k: int) -> list[str]:
+    return [f"{FOLD_PREFIX}{fold}" for fold in range(1, k + 1)]
+
+
+def input_channels(input_mode: str) -> int:
+    """Channels per image in a stack: 6 for the dual input, 3 otherwise."""
+    return 2 * RGB_CHANNELS if input_mode == DUAL_INPUT else RGB_CHANNELS
+
+
+def images_per_input(channels: int) -> int:
+    """How many RGB images one stacked input holds: 2 for the dual input's 6 channels, else 1."""
+    return channels // RGB_CHANNELS

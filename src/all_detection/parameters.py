@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from all_detection.layout import CLASSES
+from all_detection.layout import CLASSES, FOLD_PREFIX, INPUT_MODES
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]
@@ -62,7 +62,7 @@ class Split(Section):
 class Preprocessing(Section):
     # VGG16's five poolings need at least 32 pixels.
     image_size: Annotated[int, Field(ge=32, le=4096)]
-    input_mode: Literal["original", "segmented", "masked", "dual"]
+    input_mode: Literal[INPUT_MODES]  # type: ignore[valid-type]
     segmentation: dict[str, Any]
     masked: dict[str, Any]
     agreement: dict[str, Any]
@@ -165,6 +165,12 @@ class Inference(Section):
     batch_size: PositiveInt
 
 
+class InputModeRun(Section):
+    """One run of input_mode_comparison: the preprocessing settings it reads (`<mode>_input`)."""
+
+    preprocessing: Preprocessing
+
+
 class Parameters(BaseModel):
     """Every section the pipelines read; other top-level keys (`demo`, your own) pass unchecked."""
 
@@ -179,6 +185,18 @@ class Parameters(BaseModel):
     evaluation: Evaluation
     cross_validation: CrossValidation
     inference: Inference
+    original_input: InputModeRun
+    segmented_input: InputModeRun
+    masked_input: InputModeRun
+    dual_input: InputModeRun
+
+    @model_validator(mode="after")
+    def _each_mode_run_has_its_mode(self) -> Parameters:
+        for mode in INPUT_MODES:
+            given = getattr(self, f"{mode}_input").preprocessing.input_mode
+            if given != mode:
+                raise ValueError(f"{mode}_input.preprocessing.input_mode must be {mode!r}, not {given!r}")
+        return self
 
 
 class ParameterError(click.ClickException):
@@ -191,6 +209,29 @@ class ParameterError(click.ClickException):
             'Fix them in conf/base/parameters_*.yml or with --params "name=value".'
         )
         self.problems = problems
+
+
+def parameter_feed(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The `params:` inputs a Kedro context feeds a pipeline: `params:a` for each section and
+    `params:a.b` for every key inside it, at any depth, for running nodes outside a session."""
+    fed: dict[str, Any] = {}
+
+    def add(name: str, value: Any) -> None:
+        fed[f"params:{name}"] = value
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                add(f"{name}.{key}", inner)
+
+    for key, value in parameters.items():
+        add(key, value)
+    return fed
+
+
+def merged_config(*sections: Any) -> Any:
+    """The OmegaConf resolver `merge`: the sections deep-merged, later keys replacing earlier ones."""
+    from omegaconf import OmegaConf  # noqa: PLC0415 - only the config loader calls it
+
+    return OmegaConf.merge(*sections)
 
 
 def _value_at(parameters: dict[str, Any], location: tuple[Any, ...]) -> Any:
@@ -245,6 +286,41 @@ def check_paths(parameters: dict[str, Any], reads: set[str]) -> None:
         )
     if problems:
         raise ParameterError(problems)
+
+
+# The parameters of the run being set up (its environment and --params), recorded by
+# `ParameterCheckHooks` before Kedro loads the pipelines, for the pipelines whose shape a parameter sets.
+_run_parameters: dict[str, Any] | None = None
+
+
+def remember_run_parameters(parameters: dict[str, Any]) -> None:
+    global _run_parameters  # noqa: PLW0603 - one run per process at a time, as Kedro runs them
+    _run_parameters = parameters
+
+
+def run_parameters() -> dict[str, Any] | None:
+    """The parameters of the run being set up, or None outside a run (kedro-viz, a notebook's import)."""
+    return _run_parameters
+
+
+def check_fold_count(parameters: dict[str, Any], pipeline: Any) -> None:
+    """The pipeline's cross-validation folds (namespaces `fold_1`...) are as many as
+    `cross_validation.folds` says: the count shapes the pipeline when it is registered, so a run whose
+    pipelines were registered before its parameters were known cannot honour another."""
+    registered = {
+        node.namespace.split(".")[0]
+        for node in pipeline.nodes
+        if node.namespace and node.namespace.split(".")[0].removeprefix(FOLD_PREFIX).isdigit()
+    }
+    asked = int(parameters["cross_validation"]["folds"])
+    if registered and len(registered) != asked:
+        raise ParameterError(
+            [
+                f"cross_validation.folds = {asked}: the cross_validation pipeline was registered with "
+                f"{len(registered)} folds, and the count shapes the pipeline; start a new session (a new "
+                "`kedro run`) with this count"
+            ]
+        )
 
 
 def sections_read(pipeline: Any) -> set[str]:

@@ -1,5 +1,6 @@
 """Project settings: Kedro's defaults, plus deep-merged parameters and the hooks in a known order."""
 
+from all_detection.parameters import merged_config
 from all_detection.quiet import silence_known_noise
 
 # Before the libraries load: see all_detection.quiet.
@@ -37,4 +38,7 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # An environment such as `demo` overrides single keys (`dataset.root`) without restating the rest.
     "merge_strategy": {"parameters": "soft"},
+    # `${merge:${preprocessing},{input_mode: masked}}`: a section as configured with some keys replaced,
+    # for the studies' variants (conf/base/parameters_input_mode_comparison.yml).
+    "custom_resolvers": {"merge": merged_config},
 }

@@ -1,8 +1,10 @@
 """What the reproduction studies share: one model run (training and evaluation) repeated per protocol,
 fold or input mode without copying a node, the headline numbers of each, and their MLflow records.
 
-Each study pipeline (`protocol_comparison`, `cross_validation`, `input_mode_comparison`) is made of the
-project's own pipelines, namespaced, so a change to training or evaluation reaches every study.
+A study is a list of variants: each is the project's own pipelines under a namespace (`paper`,
+`fold_2`, `masked_input`), its datasets saved by the catalog's `{run}.*` patterns, its parameters the
+project's except those it overrides in conf. So a change to training or evaluation reaches every study,
+and kedro-viz shows each variant as one box.
 """
 
 from __future__ import annotations
@@ -14,9 +16,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
-from kedro.runner import SequentialRunner
 from matplotlib.figure import Figure
 
 from all_detection.pipelines import evaluation, training
@@ -46,36 +46,22 @@ def model_run() -> Pipeline:
     return unregistered + unranked + Pipeline([record])
 
 
-def namespaced(
-    pipeline: Pipeline, namespace: str, shared: Iterable[str] = (), renamed: Mapping[str, str] | None = None
+def variant(
+    pipeline: Pipeline,
+    namespace: str,
+    shared: Iterable[str] = (),
+    renamed: Mapping[str, str] | None = None,
+    overridden: Iterable[str] = (),
 ) -> Pipeline:
-    """`pipeline` with its datasets prefixed `<namespace>.`, except the `shared` inputs (read as they
-    are) and the `renamed` ones (read from another dataset). Parameters stay shared: every run of a
-    study uses the same settings, but for what the study varies through its datasets."""
-    parameters = {name for name in pipeline.inputs() if name.startswith("params:")}
+    """One variant of a study: `pipeline` with its datasets prefixed `<namespace>.`, except the `shared`
+    inputs (read as they are) and the `renamed` ones (read from another dataset). Parameters stay
+    shared, but for the `overridden` ones, which the variant reads from `params:<namespace>.<name>`
+    (`params:masked_input.preprocessing`): its settings in conf, usually the shared ones with a change
+    (see conf/base/parameters_input_mode_comparison.yml)."""
+    overridden = set(overridden)
+    parameters = {name for name in pipeline.inputs() if name.startswith("params:")} - overridden
     inputs = {name: name for name in shared} | dict(renamed or {})
     return Pipeline(pipeline, namespace=namespace, inputs=inputs, parameters=parameters)
-
-
-def reading(pipeline: Pipeline, parameter: str, dataset: str) -> Pipeline:
-    """The same nodes, each reading `dataset` wherever it read the parameter `parameter`.
-
-    Kedro maps parameters only to other parameters; a study that varies one setting per run (the
-    input mode) computes the run's settings as a dataset and has the nodes read that instead.
-    """
-    return Pipeline(
-        [
-            Node(
-                node.func,
-                inputs=[dataset if name == parameter else name for name in node.inputs],
-                # A node declared with one output returns the value itself, not a one-item list.
-                outputs=node.outputs if len(node.outputs) > 1 else node.outputs[0],
-                name=node.name,
-                tags=node.tags,
-            )
-            for node in pipeline.nodes
-        ]
-    )
 
 
 def pooled_index(
@@ -89,44 +75,6 @@ def pooled_index(
 def pooled_images(train_images: np.ndarray, val_images: np.ndarray, test_images: np.ndarray) -> np.ndarray:
     """Every usable image in one in-memory stack, in `pooled_index`'s order."""
     return np.concatenate([np.asarray(images) for images in (train_images, val_images, test_images)])
-
-
-def parameter_value(parameters: dict[str, Any], name: str) -> Any:
-    """The value of a `params:a.b` input in the nested parameters dictionary."""
-    value: Any = parameters
-    for key in name.removeprefix("params:").split("."):
-        value = value[key]
-    return value
-
-
-class _KeptDataset(MemoryDataset):
-    """A memory dataset the runner cannot empty: holds an output the caller asked for past the run."""
-
-    def _release(self) -> None:
-        pass
-
-
-def run_in_memory(
-    pipeline: Pipeline, inputs: dict[str, Any], parameters: dict[str, Any], outputs: Iterable[str]
-) -> dict[str, Any]:
-    """Run the part of `pipeline` that makes `outputs` on in-memory data, and return those outputs.
-
-    Inputs come from `inputs` or, for `params:` names, from `parameters`. Every dataset is held by
-    reference (no copies of image stacks or models) and released once no node needs it. No hooks run:
-    this run records nothing in MLflow itself; the calling node's outputs do.
-    """
-    wanted = set(outputs)
-    pipeline = pipeline.to_outputs(*wanted)
-    catalog = DataCatalog(
-        {
-            name: (_KeptDataset if name in wanted else MemoryDataset)(copy_mode="assign")
-            for name in pipeline.datasets()
-        }
-    )
-    for name in pipeline.inputs():
-        catalog[name].save(parameter_value(parameters, name) if name.startswith("params:") else inputs[name])
-    SequentialRunner().run(pipeline, catalog)
-    return {name: catalog[name].load() for name in sorted(wanted)}
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:

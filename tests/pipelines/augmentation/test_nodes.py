@@ -7,7 +7,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from matplotlib.figure import Figure
 
 from all_detection.core.augmenter import build_augmenter
@@ -19,7 +18,7 @@ from all_detection.pipelines.augmentation.nodes import (
     plot_augmentation_examples,
 )
 from all_detection.synthetic import render_smear
-from tests.projects import PROJECT_ROOT
+from tests.configuration import configured_parameters
 
 SIZE = 32
 SEED = 42
@@ -242,8 +241,7 @@ def test_dual_input_halves_get_the_same_transform(transforms):
 
 
 def test_the_configured_defaults_run(smears):
-    with (PROJECT_ROOT / "conf" / "base" / "parameters_augmentation.yml").open() as file:
-        defaults = yaml.safe_load(file)["augmentation"]
+    defaults = configured_parameters()["augmentation"]
     images, index = smears
     views, views_index = augment_training_split(images, index, defaults, SEED)
     # The default views are each image's 8 exact symmetries, more than the paper's multiplier of 4.3.

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from matplotlib.figure import Figure
 
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
@@ -41,13 +39,10 @@ from all_detection.pipelines.evaluation.nodes import (
     write_classification_report,
     write_model_card,
 )
+from tests.configuration import configured_parameters
 
-CONF = Path(__file__).resolve().parents[3] / "conf/base"
-EVALUATION = {
-    **yaml.safe_load((CONF / "parameters_evaluation.yml").read_text())["evaluation"],
-    "bootstrap_samples": 200,
-}
-MODEL = yaml.safe_load((CONF / "parameters_training.yml").read_text())["model"]
+EVALUATION = {**configured_parameters()["evaluation"], "bootstrap_samples": 200}
+MODEL = configured_parameters()["model"]
 SEED = 42
 SIZE = 32
 

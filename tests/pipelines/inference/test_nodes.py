@@ -8,7 +8,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
@@ -32,15 +31,12 @@ from all_detection.pipelines.inference.nodes import (
 )
 from all_detection.pipelines.ingestion.nodes import walk_without_following_links
 from all_detection.pipelines.preprocessing.nodes import model_input
+from tests.configuration import configured_parameters
 from tests.defects import write_defective_dataset
 
-CONF = Path(__file__).resolve().parents[3] / "conf/base"
-INGESTION = yaml.safe_load((CONF / "parameters_ingestion.yml").read_text())["ingestion"]
-PREPROCESSING = {
-    **yaml.safe_load((CONF / "parameters_preprocessing.yml").read_text())["preprocessing"],
-    "image_size": 32,
-}
-HEAD = yaml.safe_load((CONF / "parameters_training.yml").read_text())["model"]["head"]
+INGESTION = configured_parameters()["ingestion"]
+PREPROCESSING = {**configured_parameters()["preprocessing"], "image_size": 32}
+HEAD = configured_parameters()["model"]["head"]
 PROBABILITIES = [f"prob_{label}" for label in CLASSES]
 
 # Ingestion's verdicts that need its class folders or the whole table to see; a folder to score has neither,

@@ -19,8 +19,8 @@ from all_detection.pipelines.ingestion.nodes import (
     scan_image_folder,
     summarise_data_quality,
 )
-from all_detection.studies import run_in_memory
 from tests.defects import write_defective_dataset
+from tests.projects import run_in_process
 
 INGESTION = {"min_side_px": 32, "max_pixels": 40_000_000, "max_file_mb": 100, "near_duplicate_max_bits": 10}
 SPLIT = {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 42}
@@ -29,7 +29,7 @@ SPLIT = {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 42}
 def ingest(root: Path, split: dict = SPLIT) -> pd.DataFrame:
     """The manifest the ingestion pipeline makes of `root`, run in memory as the project wires it."""
     parameters = {"dataset": {"root": str(root)}, "ingestion": INGESTION, "split": split}
-    return run_in_memory(ingestion.create_pipeline(), {}, parameters, ["manifest"])["manifest"]
+    return run_in_process(ingestion.create_pipeline().to_outputs("manifest"), parameters)["manifest"]
 
 
 def file_table(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:

@@ -1,22 +1,34 @@
-"""The per-mode settings and the comparison table of the input-mode study."""
+"""Each mode's settings and the comparison table of the input-mode study."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import pytest
 from matplotlib.figure import Figure
 
-from all_detection.pipelines.input_mode_comparison.nodes import (
-    compare_input_modes,
-    plot_input_modes,
-    with_input_mode,
-)
+from all_detection.layout import INPUT_MODES
+from all_detection.pipelines.input_mode_comparison.nodes import compare_input_modes, plot_input_modes
+from all_detection.pipelines.input_mode_comparison.pipeline import create_pipeline
+from tests.configuration import configured_parameters
 
 
-def test_a_mode_s_settings_are_the_configured_ones_with_its_mode():
-    configured = {"image_size": 96, "input_mode": "original", "segmentation": {"opening_px": 0}}
-    masked = with_input_mode(configured, "masked")
-    assert masked == {**configured, "input_mode": "masked"}
-    assert configured["input_mode"] == "original"  # the configured settings are left as they were
+@pytest.mark.parametrize("env", [None, "demo"])
+def test_each_mode_s_run_reads_the_configured_preprocessing_with_its_mode(env):
+    parameters = configured_parameters(env, preprocessing={"image_size": 64, "masked": {"dilation_px": 3}})
+    for mode in INPUT_MODES:
+        settings = parameters[f"{mode}_input"]["preprocessing"]
+        # --params reach every mode, and only the mode differs from the configured section.
+        assert settings == {**parameters["preprocessing"], "input_mode": mode}
+        assert settings["image_size"] == 64 and settings["masked"]["dilation_px"] == 3
+
+
+def test_each_mode_s_run_is_a_variant_reading_its_own_preprocessing():
+    pipeline = create_pipeline()
+    for mode in INPUT_MODES:
+        namespace = f"{mode}_input"
+        read = {name for node in pipeline.nodes if node.namespace == namespace for name in node.inputs}
+        assert f"params:{namespace}.preprocessing" in read and "params:preprocessing" not in read
+        assert "params:training" in read  # every other setting is the shared one
 
 
 def metrics(accuracy: float, epochs: int) -> dict:

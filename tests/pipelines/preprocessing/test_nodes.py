@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from matplotlib.figure import Figure
 from PIL import Image
 
@@ -29,10 +28,10 @@ from all_detection.segmentation import (
     stained_bounding_box,
 )
 from all_detection.synthetic import write_synthetic_dataset
+from tests.configuration import configured_parameters
 from tests.pipelines.ingestion.test_nodes import INGESTION, ingest
 
-CONF = Path(__file__).resolve().parents[3] / "conf/base/parameters_preprocessing.yml"
-PREPROCESSING = yaml.safe_load(CONF.read_text())["preprocessing"]
+PREPROCESSING = configured_parameters()["preprocessing"]
 
 SLIDE = (232, 232, 246)  # pale blue-grey background
 BLAST = (118, 72, 196)  # violet nucleus

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import h5py
 import keras
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
 from all_detection.core.model import (
@@ -24,11 +21,11 @@ from all_detection.core.model import (
 from all_detection.core.training import class_weights
 from all_detection.layout import CLASSES
 from all_detection.pipelines.training.nodes import cache_base_features, train_classifier
+from tests.configuration import configured_parameters
 
-CONF = Path(__file__).resolve().parents[3] / "conf/base"
-MODEL = {**yaml.safe_load((CONF / "parameters_training.yml").read_text())["model"], "base_weights": None}
-TRAINING = yaml.safe_load((CONF / "parameters_training.yml").read_text())["training"]
-AUGMENTATION = yaml.safe_load((CONF / "parameters_augmentation.yml").read_text())["augmentation"]
+MODEL = {**configured_parameters()["model"], "base_weights": None}
+TRAINING = configured_parameters()["training"]
+AUGMENTATION = configured_parameters()["augmentation"]
 # A randomly initialised base gives features a thousand times smaller than ImageNet's, so BatchNorm's
 # inference statistics need more steps to settle: small batches give them those steps.
 TINY = {**TRAINING, "epochs": 12, "batch_size": 4, "early_stopping_patience": 20, "feature_batch_size": 16}

@@ -2,7 +2,8 @@
 image once, and the spread of the test numbers across folds shows how much one split's result can move.
 
 Folds are stratified by class and keep duplicate groups whole (scikit-learn's StratifiedGroupKFold).
-Each fold runs the project's own augmentation, training and evaluation pipelines, unchanged.
+Each fold is a namespace (`fold_1`...) running the project's own augmentation, training and evaluation
+pipelines, unchanged, on its own splits.
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.model_selection import StratifiedGroupKFold
 
-from all_detection.pipelines import augmentation
+from all_detection.layout import SPLITS
 from all_detection.studies import (
     HEADLINE_METRICS,
     headline,
-    model_run,
     plot_interval_comparison,
     pooled_images,
     pooled_index,
-    run_in_memory,
 )
 
 logger = logging.getLogger(__name__)
@@ -64,47 +63,48 @@ def _validation_rows(candidates: pd.DataFrame, share: float, seed: int) -> np.nd
     return candidates.index.to_numpy()[rows]
 
 
-def cross_validate(
-    train_images: np.ndarray,
-    val_images: np.ndarray,
-    test_images: np.ndarray,
-    folds: pd.DataFrame,
-    parameters: dict[str, Any],
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train and evaluate one model per fold, the fold being its test set.
+def fold_splits(folds: pd.DataFrame, split: dict[str, Any]) -> list[pd.DataFrame]:
+    """For each fold, 1 to k, every usable image's index row with the `split` it has in that fold.
 
-    Of the other folds' images, `split.val_fraction` of all images (in proportion) is held out for
-    early stopping, the rest is the training split, augmented as `augmentation` says. Each fold runs
-    the augmentation, training and evaluation pipelines in memory with every parameter as configured
-    (no figures, no model card). Returns each fold's metrics.json and its MLflow child-run record,
-    keyed `fold_1`... Images must be the three splits' stacks in the order `assign_folds` pooled them.
+    The fold is the test split; of the other folds' images, `split.val_fraction` of all images (in
+    proportion, stratified, groups whole) is held out for early stopping and the rest is trained on.
+    Rows keep `assign_folds`' order, the order of the pooled image stack.
     """
-    images = pooled_images(train_images, val_images, test_images)
-    if len(images) != len(folds):
-        raise ValueError(f"{len(images)} images but {len(folds)} rows in the fold assignment")
-    seed, k = parameters["split"]["seed"], int(folds["fold"].max())
-    share = parameters["split"]["val_fraction"] / (1 - 1 / k)
-    pipeline = augmentation.create_pipeline() + model_run()
-    metrics, runs = {}, {}
+    k = int(folds["fold"].max())
+    share = split["val_fraction"] / (1 - 1 / k)
+    assignments = []
     for fold in range(1, k + 1):
-        test_rows = np.flatnonzero(folds["fold"] == fold)
-        val_rows = _validation_rows(folds[folds["fold"] != fold], share, seed)
-        train_rows = np.setdiff1d(np.flatnonzero(folds["fold"] != fold), val_rows)
+        val_rows = _validation_rows(folds[folds["fold"] != fold], share, split["seed"])
+        assigned = folds.assign(split="train")
+        assigned.loc[folds["fold"] == fold, "split"] = "test"
+        assigned.loc[val_rows, "split"] = "val"
+        counts = assigned["split"].value_counts()
         logger.info("Fold %d of %d: %d training, %d validation, %d test images",
-                    fold, k, len(train_rows), len(val_rows), len(test_rows))  # fmt: skip
-        inputs = {}
-        for split, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
-            inputs[f"{split}_images"] = images[rows]
-            inputs[f"{split}_index"] = folds.iloc[rows].reset_index(drop=True).assign(split=split)
-        outputs = run_in_memory(pipeline, inputs, parameters, ["metrics", "mlflow_run"])
-        metrics[f"fold_{fold}"] = outputs["metrics"]
-        runs[f"fold_{fold}"] = outputs["mlflow_run"]
-    return metrics, runs
+                    fold, k, counts.get("train", 0), counts.get("val", 0), counts.get("test", 0))  # fmt: skip
+        assignments.append(assigned)
+    return assignments
 
 
-def summarise_folds(fold_metrics: dict[str, Any]) -> dict[str, Any]:
+def split_fold(
+    train_images: np.ndarray, val_images: np.ndarray, test_images: np.ndarray, fold_split: pd.DataFrame
+) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray, pd.DataFrame]:
+    """One fold's training, validation and test stacks and indices, as the preprocessing pipeline
+    gives them for the configured split. Images must be the three splits' stacks in the order
+    `assign_folds` pooled them (`fold_split`'s row order)."""
+    images = pooled_images(train_images, val_images, test_images)
+    if len(images) != len(fold_split):
+        raise ValueError(f"{len(images)} images but {len(fold_split)} rows in the fold's split")
+    stacks: list[Any] = []
+    for name in SPLITS:
+        rows = np.flatnonzero(fold_split["split"].to_numpy() == name)
+        stacks += [images[rows], fold_split.iloc[rows].reset_index(drop=True)]
+    return tuple(stacks)  # type: ignore[return-value]
+
+
+def summarise_folds(**fold_metrics: dict[str, Any]) -> dict[str, Any]:
     """cross_validation.json: each fold's test and validation accuracy and macro F1 with intervals and
-    split sizes, and across folds the mean and sample standard deviation of the test numbers."""
+    split sizes (its metrics.json given as `fold_1=...`, in fold order), and across folds the mean and
+    sample standard deviation of the test numbers."""
     folds = {
         name: {**headline(metrics), "split_sizes": metrics["run"]["split_sizes"]}
         for name, metrics in fold_metrics.items()

@@ -1,39 +1,99 @@
-"""Wires cross-validation: the shared data stages, the fold assignment, one model per fold, the summary,
-its figure, and one MLflow child run per fold."""
+"""Wires cross-validation: the shared data stages, the fold assignment, then per fold (namespaces
+`fold_1` ... `fold_k`) its splits, augmentation, training and evaluation; then the summary, its figure
+and one MLflow child run per fold.
 
+The number of folds shapes the pipeline, so it is read when the pipelines are registered: from the
+run's own parameters (its --env and --params) in a `kedro run`, else (kedro-viz, a notebook) from the
+project's conf for KEDRO_ENV. A run whose pipeline was registered with another count is refused before
+it starts (`all_detection.parameters.check_fold_count`).
+"""
+
+import os
+from pathlib import Path
+
+from kedro.config import OmegaConfigLoader
 from kedro.pipeline import Node, Pipeline
+from kedro.utils import find_kedro_project
 
-from all_detection.pipelines import ingestion, preprocessing
+from all_detection import settings as project_settings
+from all_detection.layout import SPLITS, fold_names
+from all_detection.parameters import run_parameters
+from all_detection.pipelines import augmentation, ingestion, preprocessing
+from all_detection.studies import child_runs, model_run, variant
 
-from .nodes import assign_folds, cross_validate, cross_validation_mlflow_metrics, plot_folds, summarise_folds
+from .nodes import (
+    assign_folds,
+    cross_validation_mlflow_metrics,
+    fold_splits,
+    plot_folds,
+    split_fold,
+    summarise_folds,
+)
+
+
+def configured_folds(project_path: Path | None = None) -> int:
+    """`cross_validation.folds` of the run being set up or, outside a run, as the project's
+    configuration gives it (base, then KEDRO_ENV or the default run environment), read through
+    Kedro's config loader with the project's settings."""
+    parameters = run_parameters()
+    if parameters is not None:
+        return int(parameters["cross_validation"]["folds"])
+    project = project_path or find_kedro_project(Path.cwd())
+    if project is None:
+        raise RuntimeError(
+            "The cross_validation pipeline reads its number of folds from the project's conf/: run Kedro "
+            "from inside the project folder"
+        )
+    conf_source = getattr(project_settings, "CONF_SOURCE", "conf")
+    loader = OmegaConfigLoader(
+        str(project / conf_source), env=os.environ.get("KEDRO_ENV"), **project_settings.CONFIG_LOADER_ARGS
+    )
+    return int(loader["parameters"]["cross_validation"]["folds"])
+
+
+def fold_run(fold: str) -> Pipeline:
+    """One fold: its splits of the pooled images, then the project's augmentation, training and
+    evaluation on them, every dataset under `<fold>.`."""
+    splits = Node(
+        split_fold,
+        inputs=["train_images", "val_images", "test_images", f"{fold}.fold_index"],
+        outputs=[f"{fold}.{split}_{kind}" for split in SPLITS for kind in ("images", "index")],
+        name="split_fold_node",
+        namespace=fold,
+    )
+    stages = variant(
+        augmentation.create_pipeline() + model_run(), fold, shared=["data_quality_with_segmentation"]
+    )
+    return Pipeline([splits]) + stages
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    folds = Pipeline(
+    folds = fold_names(configured_folds())
+    assignment = Pipeline(
         [
             Node(
                 assign_folds,
                 inputs=[
-                    "train_index",
-                    "val_index",
-                    "test_index",
+                    *(f"{split}_index" for split in SPLITS),
                     "params:cross_validation",
                     "params:split.seed",
                 ],
                 outputs="cross_validation_folds",
                 name="assign_folds_node",
             ),
-            # The fold count is a parameter, so the folds run in one node, each through the project's
-            # augmentation, training and evaluation pipelines (run in memory), not as fixed namespaces.
             Node(
-                cross_validate,
-                inputs=["train_images", "val_images", "test_images", "cross_validation_folds", "parameters"],
-                outputs=["cross_validation_fold_metrics", "cross_validation_fold_runs"],
-                name="cross_validate_node",
+                fold_splits,
+                inputs=["cross_validation_folds", "params:split"],
+                outputs=[f"{fold}.fold_index" for fold in folds],
+                name="fold_splits_node",
             ),
+        ]
+    )
+    summary = Pipeline(
+        [
             Node(
                 summarise_folds,
-                inputs="cross_validation_fold_metrics",
+                inputs={fold: f"{fold}.metrics" for fold in folds},
                 outputs="cross_validation",
                 name="summarise_folds_node",
             ),
@@ -49,8 +109,16 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="cross_validation_metrics",
                 name="cross_validation_mlflow_metrics_node",
             ),
+            Node(
+                child_runs,
+                inputs={fold: f"{fold}.mlflow_run" for fold in folds},
+                outputs="cross_validation_fold_runs",
+                name="cross_validation_fold_runs_node",
+            ),
         ]
     )
     return Pipeline(
-        [ingestion.create_pipeline(), preprocessing.create_pipeline(), folds], tags="cross_validation"
-    )
+        [ingestion.create_pipeline(), preprocessing.create_pipeline(), assignment,
+         *(fold_run(fold) for fold in folds), summary],
+        tags="cross_validation",
+    )  # fmt: skip

@@ -22,7 +22,7 @@ import pandas as pd
 from all_detection.core.prediction import predict_probabilities
 from all_detection.core.progress import Progress
 from all_detection.image_io import UnusableImage, decode_rgb
-from all_detection.layout import CLASSES, PROBABILITY_COLUMNS
+from all_detection.layout import CLASSES, DUAL_INPUT, PROBABILITY_COLUMNS, input_channels
 from all_detection.pipelines.ingestion.nodes import (
     FILE_VERDICT_COLUMNS,
     NOT_REGULAR_FILE,
@@ -31,7 +31,7 @@ from all_detection.pipelines.ingestion.nodes import (
     inspect_file,
     walk_without_following_links,
 )
-from all_detection.pipelines.preprocessing.nodes import input_channels, model_input
+from all_detection.pipelines.preprocessing.nodes import model_input
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ def check_model_input(classifier: keras.Model, preprocessing: dict[str, Any]) ->
     expected = (size, size, input_channels(mode))
     takes = tuple(classifier.input_shape[1:])
     if takes != expected:
-        trained_modes = "dual" if takes[-1] == 6 else "original, segmented or masked"
+        dual = takes[-1] == input_channels(DUAL_INPUT)
+        trained_modes = DUAL_INPUT if dual else "original, segmented or masked"
         raise InferenceSetupError(
             f"The model takes images of shape {takes}, but preprocessing makes {expected} (image_size "
             f"{size}, input_mode {mode!r}). Score with the preprocessing the model was trained with: "

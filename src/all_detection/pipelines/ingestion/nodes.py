@@ -23,7 +23,7 @@ from scipy.sparse.csgraph import connected_components
 
 from all_detection.core.progress import Progress
 from all_detection.image_io import UnusableImage, decode_rgb, near_pairs, perceptual_hash
-from all_detection.layout import CLASSES, IMAGE_FOLDERS, ORIGINAL_DIR, SEGMENTED_DIR
+from all_detection.layout import CLASSES, IMAGE_FOLDERS, ORIGINAL_DIR, SEGMENTED_DIR, SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,6 @@ ORIGINAL_QUARANTINED = "its Original is quarantined"
 
 # Names operating systems and archivers leave behind; never smear images.
 SYSTEM_FILE_NAMES = frozenset({"Thumbs.db", "desktop.ini", "Icon\r", "__MACOSX"})
-
-SPLITS = ("train", "val", "test")
 
 
 class DatasetLayoutError(click.ClickException):

@@ -13,11 +13,6 @@ from matplotlib.figure import Figure
 from all_detection.studies import HEADLINE_METRICS, headline, plot_interval_comparison
 
 
-def with_input_mode(preprocessing: dict[str, Any], input_mode: str) -> dict[str, Any]:
-    """The preprocessing settings as configured, with `input_mode` in place of the configured one."""
-    return {**preprocessing, "input_mode": input_mode}
-
-
 def compare_input_modes(**metrics_by_mode: dict[str, Any]) -> pd.DataFrame:
     """One row per input mode: test and validation accuracy and macro F1 with the bounds of their
     bootstrap intervals, the split sizes and the epochs trained; in the order the modes are given."""

@@ -2,37 +2,26 @@
 `original_input`, `segmented_input`, `masked_input`, `dual_input`) the model inputs in that mode,
 augmentation, training and evaluation; then the table, its figure and one MLflow child run per mode."""
 
-from functools import partial, update_wrapper
-
 from kedro.pipeline import Node, Pipeline
 
+from all_detection.layout import INPUT_MODES
 from all_detection.pipelines import augmentation, ingestion, preprocessing
-from all_detection.pipelines.preprocessing.nodes import INPUT_MODES
-from all_detection.studies import child_runs, model_run, namespaced, reading
+from all_detection.studies import child_runs, model_run, variant
 
-from .nodes import compare_input_modes, plot_input_modes, with_input_mode
+from .nodes import compare_input_modes, plot_input_modes
 
 MODEL_INPUTS = "prepare_model_inputs_node"
 
 
 def mode_run(input_mode: str) -> Pipeline:
-    """One input mode's run: its settings, its model inputs, then augmentation, training, evaluation."""
+    """One input mode's run: its model inputs, then augmentation, training, evaluation, all reading
+    `params:<mode>_input.preprocessing` (the configured preprocessing with this input mode)."""
     prepared = preprocessing.create_pipeline().only_nodes(MODEL_INPUTS)
-    settings = Node(
-        update_wrapper(partial(with_input_mode, input_mode=input_mode), with_input_mode),
-        inputs="params:preprocessing",
-        outputs="preprocessing_settings",
-        name="with_input_mode_node",
-    )
-    run = reading(
+    return variant(
         prepared + augmentation.create_pipeline() + model_run(),
-        "params:preprocessing",
-        "preprocessing_settings",
-    )
-    return namespaced(
-        Pipeline([settings]) + run,
         f"{input_mode}_input",
         shared=["manifest", "data_quality_with_segmentation"],
+        overridden=["params:preprocessing"],
     )
 
 

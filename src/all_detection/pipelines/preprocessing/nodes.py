@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from all_detection.core.progress import Progress
 from all_detection.image_io import decode_rgb
-from all_detection.layout import CLASSES, ORIGINAL_DIR
+from all_detection.layout import CLASSES, INPUT_MODES, ORIGINAL_DIR, SPLITS, input_channels
 from all_detection.segmentation import (
     blast_mask,
     dataset_mask,
@@ -31,8 +31,6 @@ from all_detection.segmentation import (
 
 logger = logging.getLogger(__name__)
 
-INPUT_MODES = ("original", "segmented", "masked", "dual")
-SPLITS = ("train", "val", "test")
 # Agreement below this is explained in the report rather than passed over.
 LOW_AGREEMENT = 0.8
 
@@ -66,11 +64,6 @@ def model_input(rgb: np.ndarray, preprocessing: dict[str, Any]) -> tuple[np.ndar
         for start in range(0, planes.shape[-1], 3)
     ]
     return np.concatenate([image.reshape(size, size, -1) for image in resized], axis=-1), mask
-
-
-def input_channels(input_mode: str) -> int:
-    """Channels per image in a split's stack: 6 for the dual input, 3 otherwise."""
-    return 6 if input_mode == "dual" else 3
 
 
 def _read_rgb(root: Path, relative_path: str, ingestion: dict[str, Any]) -> np.ndarray:

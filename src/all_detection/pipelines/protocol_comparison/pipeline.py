@@ -4,7 +4,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from all_detection.pipelines import augmentation, ingestion, preprocessing
-from all_detection.studies import child_runs, model_run, namespaced
+from all_detection.studies import child_runs, model_run, variant
 
 from .nodes import (
     PROTOCOLS,
@@ -39,7 +39,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         ]
     )
     # Under the paper's protocol the training views are the training images: online training reads them.
-    paper = namespaced(
+    paper = variant(
         model_run(),
         "paper",
         shared=["data_quality_with_segmentation"],
@@ -48,7 +48,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             "train_index": "paper.augmented_train_index",
         },
     )
-    leakage_free = namespaced(
+    leakage_free = variant(
         model_run(), "leakage_free", shared=[*SPLIT_STACKS, *VIEWS, "data_quality_with_segmentation"]
     )
     comparison = Pipeline(

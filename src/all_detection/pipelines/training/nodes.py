@@ -28,6 +28,7 @@ from all_detection.core.model import (
     one_hot,
 )
 from all_detection.core.training import extract_features, fit_cached, fit_online
+from all_detection.layout import images_per_input
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def cache_base_features(
         ]
         seconds = time.perf_counter() - started
     count = sum(len(images) for images in (augmented_train_images, val_images, test_images))
-    passes = count * (2 if augmented_train_images.shape[-1] == 6 else 1)
+    passes = count * images_per_input(augmented_train_images.shape[-1])
     record = {
         "mode": "cached",
         "cache_at": training["cache_at"],
@@ -132,7 +133,7 @@ def train_classifier(
         # Online training feeds images through all of VGG16, so nothing is cut.
         cache_at = training["cache_at"] if mode == "cached" else BASE_OUTPUT
         extractor = build_feature_extractor(base, channels, model["input_scaling"], cache_at)
-        base_above = build_base_above(base, cache_at, extractor.output_shape[1:], 2 if channels == 6 else 1)
+        base_above = build_base_above(base, cache_at, extractor.output_shape[1:], images_per_input(channels))
         head = build_head((base_above or extractor).output_shape[1:], model["head"])
         y_val = one_hot(val_index["label_index"])
         started = time.perf_counter()
