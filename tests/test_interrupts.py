@@ -12,6 +12,9 @@ from pathlib import Path
 import mlflow
 import pytest
 
+# Interrupts real `kedro run` processes.
+pytestmark = pytest.mark.slow
+
 DEMO = ("demo.synthetic_dataset.per_class=6,demo.synthetic_dataset.image_size=64,"
         "preprocessing.image_size=32,training.epochs=50")  # fmt: skip
 

@@ -18,6 +18,9 @@ from all_detection.hooks import DemoFolderError
 from all_detection.parameters import ParameterError
 from tests.projects import run_session
 
+# Real `kedro run`s of the project, end to end.
+pytestmark = pytest.mark.slow
+
 SMALL_DEMO = {"demo": {"synthetic_dataset": {"per_class": 10, "image_size": 64, "seed": 42}}}
 
 

@@ -14,6 +14,9 @@ from all_detection.core.model import assemble_classifier, build_base, build_feat
 from all_detection.serving import crown_champion, register_model
 from tests.configuration import configured_parameters
 
+# Registers a model and serves it over REST.
+pytestmark = pytest.mark.slow
+
 PROJECT = Path(__file__).parents[1]
 HEAD = configured_parameters()["model"]["head"]
 

@@ -20,6 +20,9 @@ from nbclient import NotebookClient
 import all_detection.pipelines
 from tests.projects import copy_project, run_session
 
+# Runs the three studies and the notebooks on the demo set.
+pytestmark = pytest.mark.slow
+
 STUDIES = ("protocol_comparison", "cross_validation", "input_mode_comparison")
 # Small enough for CI: 40 images of 32 px, 2 epochs, 2 folds.
 TINY = {

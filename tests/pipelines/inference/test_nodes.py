@@ -138,6 +138,7 @@ def test_scores_do_not_depend_on_the_batch_size(image_folder, model_file, predic
     pd.testing.assert_frame_equal(in_fives, predictions, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_inference_applies_test_time_augmentation_exactly_as_evaluation_does(
     image_folder, tta_model_file, predictions
 ):

@@ -109,6 +109,7 @@ def test_the_head_has_the_papers_layers():
     ]
 
 
+@pytest.mark.slow
 def test_cached_training_beats_chance_and_leaves_the_base_untouched(toy_splits):
     classifier, history, summary = train(toy_splits, TINY)
     assert accuracy(classifier, *toy_splits["test"]) > 0.45  # chance is 0.25
@@ -123,6 +124,7 @@ def test_cached_training_beats_chance_and_leaves_the_base_untouched(toy_splits):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(fresh), keras.ops.convert_to_numpy(trained))
 
 
+@pytest.mark.slow
 def test_online_training_beats_chance_and_gives_the_base_no_gradient(toy_splits):
     keras.utils.set_random_seed(SEED)
     reference_base, _ = build_base(32, None)
@@ -135,6 +137,7 @@ def test_online_training_beats_chance_and_gives_the_base_no_gradient(toy_splits)
     assert not any(layer.name.startswith("random_") for layer in classifier.layers)  # no augmentation kept
 
 
+@pytest.mark.slow
 def test_online_fine_tuning_trains_only_the_last_blocks(toy_splits):
     keras.utils.set_random_seed(SEED)
     reference_base, _ = build_base(32, None)
@@ -153,6 +156,7 @@ def test_online_fine_tuning_trains_only_the_last_blocks(toy_splits):
         assert changed == layer.name.startswith("block5"), layer.name
 
 
+@pytest.mark.slow
 def test_cached_fine_tuning_trains_only_the_layers_above_the_cut(toy_splits):
     keras.utils.set_random_seed(SEED)
     reference_base, _ = build_base(32, None)
@@ -181,6 +185,7 @@ def test_cached_fine_tuning_trains_only_the_layers_above_the_cut(toy_splits):
             assert changed == (layer.name == "block5_conv3"), layer.name
 
 
+@pytest.mark.slow
 def test_fine_tuning_that_does_not_help_is_undone(toy_splits):
     keras.utils.set_random_seed(SEED)
     reference_base, _ = build_base(32, None)
@@ -216,6 +221,7 @@ def test_unfreezing_counts_blocks_from_the_top():
         unfreeze_last_blocks(base, 6)
 
 
+@pytest.mark.slow
 def test_two_seeded_runs_give_the_same_model(toy_splits):
     first, _, _ = train(toy_splits, {**TINY, "epochs": 3})
     second, _, _ = train(toy_splits, {**TINY, "epochs": 3})
@@ -225,6 +231,7 @@ def test_two_seeded_runs_give_the_same_model(toy_splits):
     )
 
 
+@pytest.mark.slow
 def test_saved_model_reloads_in_safe_mode_and_predicts_the_same(toy_splits, tmp_path):
     classifier, _, _ = train(toy_splits, {**TINY, "epochs": 2})
     dataset = TensorFlowModelDataset(filepath=str(tmp_path / "model.keras"))
