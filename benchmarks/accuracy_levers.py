@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from kedro.config import OmegaConfigLoader
 
+from all_detection.core.augmenter import count_views, plan_views, render_views
 from all_detection.core.hardware import hardware_setup, sized_for_device
 from all_detection.core.model import (
     DIHEDRAL_SYMMETRIES,
@@ -49,7 +50,6 @@ from all_detection.core.model import (
 )
 from all_detection.core.training import fit_cached
 from all_detection.layout import CLASSES
-from all_detection.pipelines.augmentation.nodes import count_views, plan_views, render_views
 from all_detection.pipelines.cross_validation.nodes import assign_folds, fold_splits
 from all_detection.settings import CONFIG_LOADER_ARGS
 from all_detection.studies import pooled_images, pooled_index

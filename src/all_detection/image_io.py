@@ -1,14 +1,26 @@
-"""Safe decoding of image files into RGB arrays: one gate for every image, at ingestion and inference."""
+"""Safe reading of image files: one gate for every file, at ingestion and inference.
+
+`walk_without_following_links` lists a folder's files without entering links; `inspect_file` gives any
+file its verdict (quarantined for where or what it is, or decoded in full by `decode_rgb`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import os
+import stat
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from all_detection.layout import ORIGINAL_DIR, SEGMENTED_DIR
 
 # Quarantine reasons a file's bytes can earn. They are fixed phrases so reports can count by reason;
 # the specifics of each case go into the detail text beside them.
@@ -125,3 +137,88 @@ def near_pairs(hashes: np.ndarray, max_bits: int, block: int = 1024) -> tuple[np
         firsts.append(first[keep])
         seconds.append(second[keep])
     return (np.concatenate(firsts), np.concatenate(seconds)) if firsts else (np.array([], int),) * 2
+
+
+# Reasons a file is quarantined for where it is or what it is, before its bytes are looked at.
+OUTSIDE_CLASS_FOLDER = "outside a known class folder"
+HIDDEN_OR_SYSTEM = "hidden or system file"
+SYMBOLIC_LINK = "symbolic link (not followed)"
+NOT_REGULAR_FILE = "not a regular file"
+UNREADABLE = "unreadable file"
+FILE_TOO_LARGE = "file too large"
+# Names operating systems and archivers leave behind; never smear images.
+SYSTEM_FILE_NAMES = frozenset({"Thumbs.db", "desktop.ini", "Icon\r", "__MACOSX"})
+
+#: What `inspect_file` says about any file: its path, its verdict, and what its bytes hold.
+FILE_VERDICT_COLUMNS = [
+    "path", "status", "reason", "detail", "sha256", "size_bytes",
+    "width", "height", "file_format", "file_mode", "phash",
+]  # fmt: skip
+
+
+def walk_without_following_links(root: Path) -> Iterator[PurePosixPath]:
+    """Yield every non-directory entry below root, relative, including links to folders (not entered)
+    and empty folders named like files (`scan.jpg/`), which a user would take for an image and expect
+    a row for (the verdict: not a regular file)."""
+    for folder, subfolders, files in os.walk(root, followlinks=False):
+        here = Path(folder).relative_to(root)
+        linked_folders = [name for name in subfolders if (Path(folder) / name).is_symlink()]
+        named_like_files = [
+            name
+            for name in subfolders
+            if Path(name).suffix and name not in linked_folders and not any((Path(folder) / name).iterdir())
+        ]
+        for name in [*files, *linked_folders, *named_like_files]:
+            yield PurePosixPath((here / name).as_posix())
+
+
+def inspect_file(
+    root: Path, relative: PurePosixPath, limits: dict[str, Any], known_place: bool = True
+) -> dict[str, Any]:
+    """One file's verdict: `status`, `reason` and `detail`, its hash, size and, when usable, its image facts.
+
+    Links are never followed and fifos or devices never read; hidden and system files, files outside
+    a known place (ingestion's class-folder rule: pass `known_place=False`) and files over
+    `limits["max_file_mb"]` are quarantined before decoding; the rest are decoded in full by
+    `decode_rgb` with `limits["min_side_px"]` and `limits["max_pixels"]`. Keys are `FILE_VERDICT_COLUMNS`
+    (those that do not apply are left out).
+    """
+    parts = relative.parts
+    record: dict[str, Any] = {"path": str(relative)}
+    info = (root / relative).lstat()
+    hidden = any(part.startswith(".") or part in SYSTEM_FILE_NAMES for part in parts)
+    reason, detail = None, None
+    if stat.S_ISLNK(info.st_mode):
+        reason, detail = SYMBOLIC_LINK, f"points to {(root / relative).readlink()}"
+    elif not stat.S_ISREG(info.st_mode):
+        reason, detail = NOT_REGULAR_FILE, stat.filemode(info.st_mode)
+    elif hidden:
+        reason = HIDDEN_OR_SYSTEM
+    elif not known_place:
+        reason, detail = OUTSIDE_CLASS_FOLDER, f"expected {ORIGINAL_DIR}|{SEGMENTED_DIR}/<class>/<file>"
+    elif info.st_size > limits["max_file_mb"] * 2**20:
+        reason, detail = FILE_TOO_LARGE, f"{info.st_size} bytes, limit {limits['max_file_mb']} MiB"
+    record["size_bytes"] = info.st_size
+    # Reading a fifo or device would block or never end, and a link is never followed.
+    if stat.S_ISREG(info.st_mode) and reason != FILE_TOO_LARGE:
+        try:
+            data = (root / relative).read_bytes()
+        except OSError as error:
+            return {**record, "status": "quarantined", "reason": UNREADABLE, "detail": str(error)}
+        record["sha256"] = hashlib.sha256(data).hexdigest()
+        if reason is None:
+            try:
+                image = decode_rgb(data, min_side=limits["min_side_px"], max_pixels=limits["max_pixels"])
+            except UnusableImage as unusable:
+                reason, detail = unusable.reason, unusable.detail
+            else:
+                height, width = image.rgb.shape[:2]
+                record.update(
+                    width=width,
+                    height=height,
+                    file_format=image.file_format,
+                    file_mode=image.file_mode,
+                    phash=f"{perceptual_hash(image.rgb):016x}",
+                )
+    status = "ok" if reason is None else "quarantined"
+    return {**record, "status": status, "reason": reason, "detail": detail}

@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from all_detection.layout import INPUT_MODES
+
 CHANNEL_ORDERS = ("rgb", "bgr_as_rgb")
 
 #: The dataset authors' published recipe, quirk included, as `blast_mask` parameters.
@@ -116,3 +118,34 @@ def dice_and_iou(predicted: np.ndarray, reference: np.ndarray) -> tuple[float, f
     if total == 0:
         return 1.0, 1.0
     return float(2 * intersection / total), float(intersection / (total - intersection))
+
+
+def model_input(rgb: np.ndarray, preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """What the network sees for one RGB image, and the image's blast mask, both at full resolution first.
+
+    `preprocessing.input_mode` picks `original` (the paper's), `segmented` (cells on black), `masked`
+    (background outside a dilated mask dimmed) or `dual` (original and segmented stacked as 6 channels,
+    the two inputs of the dual model). The mask is computed at the image's own resolution, where the
+    thresholds were set, and the result resized to `image_size` square with area averaging.
+    """
+    mode = preprocessing["input_mode"]
+    if mode not in INPUT_MODES:
+        raise ValueError(f"preprocessing.input_mode must be one of {INPUT_MODES}, not {mode!r}")
+    mask = blast_mask(rgb, preprocessing["segmentation"])
+    if mode == "original":
+        planes = rgb
+    elif mode == "segmented":
+        planes = segment(rgb, mask)
+    elif mode == "masked":
+        masked = preprocessing["masked"]
+        planes = dim_background(rgb, mask, masked["dilation_px"], masked["background_level"])
+    else:
+        planes = np.concatenate([rgb, segment(rgb, mask)], axis=-1)
+    size = preprocessing["image_size"]
+    # OpenCV resizes at most 4 channels at once outside its integer-factor fast path: resize the
+    # 3-channel images, then stack (the dual mode's 6 channels as two images).
+    resized = [
+        cv2.resize(planes[..., start : start + 3], (size, size), interpolation=cv2.INTER_AREA)
+        for start in range(0, planes.shape[-1], 3)
+    ]
+    return np.concatenate([image.reshape(size, size, -1) for image in resized], axis=-1), mask

@@ -9,14 +9,10 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from all_detection.core.augmenter import build_augmenter
+from all_detection.core.augmenter import build_augmenter, count_views
 from all_detection.core.model import DihedralView
 from all_detection.layout import CLASSES
-from all_detection.pipelines.augmentation.nodes import (
-    augment_training_split,
-    count_views,
-    plot_augmentation_examples,
-)
+from all_detection.pipelines.augmentation.nodes import augment_training_split, plot_augmentation_examples
 from all_detection.synthetic import render_smear
 from tests.configuration import configured_parameters
 

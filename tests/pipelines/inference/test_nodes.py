@@ -18,7 +18,7 @@ from all_detection.core.model import (
     build_head,
     with_test_time_augmentation,
 )
-from all_detection.image_io import decode_rgb
+from all_detection.image_io import decode_rgb, walk_without_following_links
 from all_detection.layout import CLASSES
 from all_detection.pipelines.evaluation.nodes import predict_split
 from all_detection.pipelines.inference import create_pipeline
@@ -29,8 +29,7 @@ from all_detection.pipelines.inference.nodes import (
     scan_inference_folder,
     score_images,
 )
-from all_detection.pipelines.ingestion.nodes import walk_without_following_links
-from all_detection.pipelines.preprocessing.nodes import model_input
+from all_detection.segmentation import model_input
 from tests.configuration import configured_parameters
 from tests.defects import write_defective_dataset
 

@@ -13,7 +13,6 @@ from PIL import Image
 from all_detection.pipelines.preprocessing.nodes import (
     add_segmentation_agreement,
     measure_segmentation_agreement,
-    model_input,
     plot_segmentation_examples,
     prepare_model_inputs,
 )
@@ -24,6 +23,7 @@ from all_detection.segmentation import (
     dataset_mask,
     dice_and_iou,
     dim_background,
+    model_input,
     segment,
     stained_bounding_box,
 )

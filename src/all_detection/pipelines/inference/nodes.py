@@ -21,17 +21,18 @@ import pandas as pd
 
 from all_detection.core.prediction import predict_probabilities
 from all_detection.core.progress import Progress
-from all_detection.image_io import UnusableImage, decode_rgb
-from all_detection.layout import CLASSES, DUAL_INPUT, PROBABILITY_COLUMNS, input_channels
-from all_detection.pipelines.ingestion.nodes import (
+from all_detection.image_io import (
     FILE_VERDICT_COLUMNS,
     NOT_REGULAR_FILE,
     SYMBOLIC_LINK,
     UNREADABLE,
+    UnusableImage,
+    decode_rgb,
     inspect_file,
     walk_without_following_links,
 )
-from all_detection.pipelines.preprocessing.nodes import model_input
+from all_detection.layout import CLASSES, DUAL_INPUT, PROBABILITY_COLUMNS, input_channels
+from all_detection.segmentation import model_input
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,7 @@ or a test can call them on a hand-made frame.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import stat
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -22,25 +18,20 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from all_detection.core.progress import Progress
-from all_detection.image_io import UnusableImage, decode_rgb, near_pairs, perceptual_hash
+from all_detection.image_io import (
+    FILE_VERDICT_COLUMNS,
+    inspect_file,
+    near_pairs,
+    walk_without_following_links,
+)
 from all_detection.layout import CLASSES, IMAGE_FOLDERS, ORIGINAL_DIR, SEGMENTED_DIR, SPLITS
 
 logger = logging.getLogger(__name__)
 
-# Reasons a file is quarantined for where it is or what it is, before its bytes are looked at.
-OUTSIDE_CLASS_FOLDER = "outside a known class folder"
-HIDDEN_OR_SYSTEM = "hidden or system file"
-SYMBOLIC_LINK = "symbolic link (not followed)"
-NOT_REGULAR_FILE = "not a regular file"
-UNREADABLE = "unreadable file"
-FILE_TOO_LARGE = "file too large"
 # Reasons that need the whole table to see.
 CONFLICTING_LABELS = "byte-identical files under different labels"
 NO_ORIGINAL = "Segmented image without an Original"
 ORIGINAL_QUARANTINED = "its Original is quarantined"
-
-# Names operating systems and archivers leave behind; never smear images.
-SYSTEM_FILE_NAMES = frozenset({"Thumbs.db", "desktop.ini", "Icon\r", "__MACOSX"})
 
 
 class DatasetLayoutError(click.ClickException):
@@ -100,81 +91,7 @@ def scan_image_folder(dataset: dict[str, Any], ingestion: dict[str, Any]) -> pd.
     return pd.DataFrame.from_records(records, columns=_INVENTORY_COLUMNS)
 
 
-#: What `inspect_file` says about any file: its path, its verdict, and what its bytes hold.
-FILE_VERDICT_COLUMNS = [
-    "path", "status", "reason", "detail", "sha256", "size_bytes",
-    "width", "height", "file_format", "file_mode", "phash",
-]  # fmt: skip
-
 _INVENTORY_COLUMNS = ["path", "folder", "label", *FILE_VERDICT_COLUMNS[1:]]
-
-
-def walk_without_following_links(root: Path) -> Iterator[PurePosixPath]:
-    """Yield every non-directory entry below root, relative, including links to folders (not entered)
-    and empty folders named like files (`scan.jpg/`), which a user would take for an image and expect
-    a row for (the verdict: not a regular file)."""
-    for folder, subfolders, files in os.walk(root, followlinks=False):
-        here = Path(folder).relative_to(root)
-        linked_folders = [name for name in subfolders if (Path(folder) / name).is_symlink()]
-        named_like_files = [
-            name
-            for name in subfolders
-            if Path(name).suffix and name not in linked_folders and not any((Path(folder) / name).iterdir())
-        ]
-        for name in [*files, *linked_folders, *named_like_files]:
-            yield PurePosixPath((here / name).as_posix())
-
-
-def inspect_file(
-    root: Path, relative: PurePosixPath, limits: dict[str, Any], known_place: bool = True
-) -> dict[str, Any]:
-    """One file's verdict: `status`, `reason` and `detail`, its hash, size and, when usable, its image facts.
-
-    Links are never followed and fifos or devices never read; hidden and system files, files outside
-    a known place (ingestion's class-folder rule: pass `known_place=False`) and files over
-    `limits["max_file_mb"]` are quarantined before decoding; the rest are decoded in full by
-    `decode_rgb` with `limits["min_side_px"]` and `limits["max_pixels"]`. Keys are `FILE_VERDICT_COLUMNS`
-    (those that do not apply are left out).
-    """
-    parts = relative.parts
-    record: dict[str, Any] = {"path": str(relative)}
-    info = (root / relative).lstat()
-    hidden = any(part.startswith(".") or part in SYSTEM_FILE_NAMES for part in parts)
-    reason, detail = None, None
-    if stat.S_ISLNK(info.st_mode):
-        reason, detail = SYMBOLIC_LINK, f"points to {(root / relative).readlink()}"
-    elif not stat.S_ISREG(info.st_mode):
-        reason, detail = NOT_REGULAR_FILE, stat.filemode(info.st_mode)
-    elif hidden:
-        reason = HIDDEN_OR_SYSTEM
-    elif not known_place:
-        reason, detail = OUTSIDE_CLASS_FOLDER, f"expected {ORIGINAL_DIR}|{SEGMENTED_DIR}/<class>/<file>"
-    elif info.st_size > limits["max_file_mb"] * 2**20:
-        reason, detail = FILE_TOO_LARGE, f"{info.st_size} bytes, limit {limits['max_file_mb']} MiB"
-    record["size_bytes"] = info.st_size
-    # Reading a fifo or device would block or never end, and a link is never followed.
-    if stat.S_ISREG(info.st_mode) and reason != FILE_TOO_LARGE:
-        try:
-            data = (root / relative).read_bytes()
-        except OSError as error:
-            return {**record, "status": "quarantined", "reason": UNREADABLE, "detail": str(error)}
-        record["sha256"] = hashlib.sha256(data).hexdigest()
-        if reason is None:
-            try:
-                image = decode_rgb(data, min_side=limits["min_side_px"], max_pixels=limits["max_pixels"])
-            except UnusableImage as unusable:
-                reason, detail = unusable.reason, unusable.detail
-            else:
-                height, width = image.rgb.shape[:2]
-                record.update(
-                    width=width,
-                    height=height,
-                    file_format=image.file_format,
-                    file_mode=image.file_mode,
-                    phash=f"{perceptual_hash(image.rgb):016x}",
-                )
-    status = "ok" if reason is None else "quarantined"
-    return {**record, "status": status, "reason": reason, "detail": detail}
 
 
 def _quarantine(files: pd.DataFrame, where: pd.Series, reason: str, detail: pd.Series | str) -> pd.DataFrame:

@@ -1,8 +1,9 @@
 """Preprocessing: each usable image, segmented and resized once into compact uint8 stacks per split.
 
-`model_input` is the one definition of what the network sees for an image, used here for the training,
-validation and test splits and again by inference on new images. The nodes read image files named by
-the manifest (decoding them with the same gate as ingestion); everything else is pure array work.
+`all_detection.segmentation.model_input` is the one definition of what the network sees for an image,
+used here for the training, validation and test splits and again by inference on new images. The nodes
+read image files named by the manifest (decoding them with the same gate as ingestion); everything else
+is pure array work.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from matplotlib.figure import Figure
 
 from all_detection.core.progress import Progress
 from all_detection.image_io import decode_rgb
-from all_detection.layout import CLASSES, INPUT_MODES, ORIGINAL_DIR, SPLITS, input_channels
+from all_detection.layout import CLASSES, ORIGINAL_DIR, SPLITS, input_channels
 from all_detection.segmentation import (
     blast_mask,
     dataset_mask,
     dice_and_iou,
     dim_background,
+    model_input,
     segment,
     stained_bounding_box,
 )
@@ -33,37 +35,6 @@ logger = logging.getLogger(__name__)
 
 # Agreement below this is explained in the report rather than passed over.
 LOW_AGREEMENT = 0.8
-
-
-def model_input(rgb: np.ndarray, preprocessing: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """What the network sees for one RGB image, and the image's blast mask, both at full resolution first.
-
-    `preprocessing.input_mode` picks `original` (the paper's), `segmented` (cells on black), `masked`
-    (background outside a dilated mask dimmed) or `dual` (original and segmented stacked as 6 channels,
-    the two inputs of the dual model). The mask is computed at the image's own resolution, where the
-    thresholds were set, and the result resized to `image_size` square with area averaging.
-    """
-    mode = preprocessing["input_mode"]
-    if mode not in INPUT_MODES:
-        raise ValueError(f"preprocessing.input_mode must be one of {INPUT_MODES}, not {mode!r}")
-    mask = blast_mask(rgb, preprocessing["segmentation"])
-    if mode == "original":
-        planes = rgb
-    elif mode == "segmented":
-        planes = segment(rgb, mask)
-    elif mode == "masked":
-        masked = preprocessing["masked"]
-        planes = dim_background(rgb, mask, masked["dilation_px"], masked["background_level"])
-    else:
-        planes = np.concatenate([rgb, segment(rgb, mask)], axis=-1)
-    size = preprocessing["image_size"]
-    # OpenCV resizes at most 4 channels at once outside its integer-factor fast path: resize the
-    # 3-channel images, then stack (the dual mode's 6 channels as two images).
-    resized = [
-        cv2.resize(planes[..., start : start + 3], (size, size), interpolation=cv2.INTER_AREA)
-        for start in range(0, planes.shape[-1], 3)
-    ]
-    return np.concatenate([image.reshape(size, size, -1) for image in resized], axis=-1), mask
 
 
 def _read_rgb(root: Path, relative_path: str, ingestion: dict[str, Any]) -> np.ndarray:

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.model_selection import train_test_split
 
-from all_detection.pipelines.augmentation.nodes import plan_views, render_views
+from all_detection.core.augmenter import plan_views, render_views
 from all_detection.studies import (
     HEADLINE_METRICS,
     headline,
