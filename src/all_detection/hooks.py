@@ -20,6 +20,7 @@ import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
+from all_detection.layout import OK, QUARANTINED, usable_originals
 from all_detection.parameters import (
     check_fold_count,
     check_parameters,
@@ -324,7 +325,7 @@ def run_summary(seen: dict[str, Any], paths: dict[str, str], run: tuple[str, str
         )
     predictions = seen.get("predictions")
     if predictions is not None:
-        ok = int((predictions["status"] == "ok").sum())
+        ok = int((predictions["status"] == OK).sum())
         lines.append(
             f"  Scored {ok} of {len(predictions)} files; {len(predictions) - ok} quarantined with a reason."
         )
@@ -346,11 +347,11 @@ def run_summary(seen: dict[str, Any], paths: dict[str, str], run: tuple[str, str
 def manifest_provenance(manifest: pd.DataFrame) -> dict[str, Any]:
     """A content hash of the manifest and its counts, as MLflow parameters (`data.*`)."""
     rows = pd.util.hash_pandas_object(manifest[["path", "label", "status", "sha256", "split"]], index=False)
-    usable = manifest[(manifest["status"] == "ok") & (manifest["folder"] == "Original")]
+    usable = manifest[usable_originals(manifest)]
     return {
         "data.manifest_sha256": hashlib.sha256(rows.to_numpy().tobytes()).hexdigest(),
         "data.files": len(manifest),
-        "data.quarantined": int((manifest["status"] == "quarantined").sum()),
+        "data.quarantined": int((manifest["status"] == QUARANTINED).sum()),
         "data.usable_images": len(usable),
         **{
             f"data.{split}_images": int((usable["split"] == split).sum())

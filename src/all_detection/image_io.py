@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from all_detection.layout import ORIGINAL_DIR, SEGMENTED_DIR
+from all_detection.layout import OK, ORIGINAL_DIR, QUARANTINED, SEGMENTED_DIR
 
 # Quarantine reasons a file's bytes can earn. They are fixed phrases so reports can count by reason;
 # the specifics of each case go into the detail text beside them.
@@ -48,6 +48,11 @@ class DecodedImage:
     rgb: np.ndarray
     file_format: str
     file_mode: str
+
+
+def decode_limits(ingestion: dict[str, Any]) -> dict[str, int]:
+    """`decode_rgb`'s limits from the `ingestion` parameters, which set them wherever a file is decoded."""
+    return {"min_side": ingestion["min_side_px"], "max_pixels": ingestion["max_pixels"]}
 
 
 def decode_rgb(data: bytes, *, min_side: int = 32, max_pixels: int = 40_000_000) -> DecodedImage:
@@ -204,11 +209,11 @@ def inspect_file(
         try:
             data = (root / relative).read_bytes()
         except OSError as error:
-            return {**record, "status": "quarantined", "reason": UNREADABLE, "detail": str(error)}
+            return {**record, "status": QUARANTINED, "reason": UNREADABLE, "detail": str(error)}
         record["sha256"] = hashlib.sha256(data).hexdigest()
         if reason is None:
             try:
-                image = decode_rgb(data, min_side=limits["min_side_px"], max_pixels=limits["max_pixels"])
+                image = decode_rgb(data, **decode_limits(limits))
             except UnusableImage as unusable:
                 reason, detail = unusable.reason, unusable.detail
             else:
@@ -220,5 +225,5 @@ def inspect_file(
                     file_mode=image.file_mode,
                     phash=f"{perceptual_hash(image.rgb):016x}",
                 )
-    status = "ok" if reason is None else "quarantined"
+    status = OK if reason is None else QUARANTINED
     return {**record, "status": status, "reason": reason, "detail": detail}

@@ -3,6 +3,11 @@ classes, folders, splits, input modes and their channels."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
+
 #: Class folder names in `Original/` and `Segmented/`, in the order of the model's outputs.
 CLASSES: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
 
@@ -17,6 +22,17 @@ FILE_PREFIXES: dict[str, str] = {
 ORIGINAL_DIR = "Original"
 SEGMENTED_DIR = "Segmented"
 IMAGE_FOLDERS: tuple[str, ...] = (ORIGINAL_DIR, SEGMENTED_DIR)
+
+#: A file's status in the manifest and in predictions: usable, or set aside with a reason.
+OK = "ok"
+QUARANTINED = "quarantined"
+
+
+def usable_originals(files: pd.DataFrame) -> pd.Series:
+    """Which rows of a file table or manifest are usable Originals: the images the split, the model
+    inputs and every count of usable images are made of (a Segmented copy rides with its Original)."""
+    return (files["status"] == OK) & (files["folder"] == ORIGINAL_DIR)
+
 
 #: One probability column per class, in `CLASSES` order, wherever predictions are written or served.
 PROBABILITY_COLUMNS: list[str] = [f"prob_{label}" for label in CLASSES]

@@ -35,6 +35,7 @@ class Section(BaseModel):
 
 class Dataset(Section):
     root: str
+    synthetic: bool = False
 
 
 class Ingestion(Section):

@@ -207,6 +207,7 @@ SUMMARY = {
 }
 DATA_QUALITY = {
     "dataset_root": "data/01_raw/demo_ALL",
+    "synthetic": True,
     "files": {"total": 81, "ok": 80, "quarantined": 1},
     "images_per_class_and_split": {
         label: {"train": 7, "val": 1, "test": 2, "total": 10} for label in CLASSES
@@ -351,9 +352,10 @@ def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
     # Files count Originals and Segmented copies; the usable images are the split table's 40 Originals.
     assert "Files found: 81" in card and "Usable images (Originals, the unit of the split): 40." in card
     assert "Falling back" in card  # the base weights' fallback warning
-    assert "Synthetic data" in card  # the demo set's root
+    assert "Synthetic data" in card  # the demo set, as its parameters say
+    # A folder's name does not make data synthetic: a real set under a "demo" folder is not called one.
     assert "Synthetic data" not in write_model_card(
-        metrics, SUMMARY, {**DATA_QUALITY, "dataset_root": "data/01_raw/ALL"}, MODEL
+        metrics, SUMMARY, {**DATA_QUALITY, "synthetic": False, "dataset_root": "/labs/demo_ALL"}, MODEL
     )
     assert "Leaky protocol" not in card
     # The recipe: this run's VGG16 was frozen, and its predictions averaged over the 8 dihedral views.

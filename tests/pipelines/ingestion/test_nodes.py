@@ -188,6 +188,8 @@ def test_data_quality_counts_what_the_manifest_holds(defective_manifest):
     assert report["duplicates"]["near_groups"] == 2
     assert report["duplicates"]["cross_label_groups"] == 1
     assert report["segmented"]["segmented_without_original"] == ["Segmented/Pro/WBC-Malignant-Pro-950.jpg"]
+    assert report["synthetic"] is False
+    assert summarise_data_quality(manifest, {"root": "ALL", "synthetic": True}, SPLIT)["synthetic"] is True
 
 
 def test_a_file_that_cannot_be_read_is_quarantined_not_fatal(tmp_path, monkeypatch):

@@ -399,7 +399,7 @@ def write_model_card(
     """A Markdown model card: intended use, data and provenance, split protocol, model, training, test
     results with their bootstrap intervals, per-class scores, calibration, detection and limitations.
 
-    A dataset root with "demo" in its path is taken for the synthetic demo set and said to be one.
+    A synthetic dataset (`dataset.synthetic`, recorded in the data-quality report) is said to be one.
     """
     test, val, run = metrics["test"], metrics["val"], metrics["run"]
     weights = training_summary["base_weights"]
@@ -407,7 +407,7 @@ def write_model_card(
     requested = split.get("requested", {})
     files = data_quality["files"]
     root = str(data_quality.get("dataset_root", ""))
-    synthetic = "demo" in root.lower()
+    synthetic = bool(data_quality.get("synthetic"))
     intervals = test.get("confidence_intervals", {})
     level = round(100 * intervals.get("level", 0.95))
     head = model.get("head", {})

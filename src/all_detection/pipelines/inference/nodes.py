@@ -27,11 +27,12 @@ from all_detection.image_io import (
     SYMBOLIC_LINK,
     UNREADABLE,
     UnusableImage,
+    decode_limits,
     decode_rgb,
     inspect_file,
     walk_without_following_links,
 )
-from all_detection.layout import CLASSES, DUAL_INPUT, PROBABILITY_COLUMNS, input_channels
+from all_detection.layout import CLASSES, DUAL_INPUT, OK, PROBABILITY_COLUMNS, QUARANTINED, input_channels
 from all_detection.segmentation import model_input
 
 logger = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ def score_images(
     root = Path(inference["input_dir"])
     predictions = files[["path", "status", "reason"]].reset_index(drop=True).astype("string")
     probabilities = np.full((len(predictions), len(CLASSES)), np.nan)
-    usable = np.flatnonzero(predictions["status"] == "ok")
+    usable = np.flatnonzero(predictions["status"] == OK)
     progress = Progress(logger, "scored images", len(usable))
     batch_size = inference["batch_size"]
     for start in range(0, len(usable), batch_size):
@@ -188,9 +189,9 @@ def score_images(
                 stack.append(_prepared_image(root / predictions.at[row, "path"], preprocessing, ingestion))
                 rows.append(row)
             except UnusableImage as unusable:
-                predictions.loc[row, ["status", "reason"]] = ["quarantined", unusable.reason]
+                predictions.loc[row, ["status", "reason"]] = [QUARANTINED, unusable.reason]
             except OSError:
-                predictions.loc[row, ["status", "reason"]] = ["quarantined", UNREADABLE]
+                predictions.loc[row, ["status", "reason"]] = [QUARANTINED, UNREADABLE]
         if stack:
             probabilities[rows] = predict_probabilities(classifier, np.stack(stack), len(stack))
         progress.advance(len(usable[start : start + batch_size]))
@@ -214,13 +215,12 @@ def _prepared_image(path: Path, preprocessing: dict[str, Any], ingestion: dict[s
     if not stat.S_ISREG(mode):
         reason = SYMBOLIC_LINK if stat.S_ISLNK(mode) else NOT_REGULAR_FILE
         raise UnusableImage(reason, "changed since the scan")
-    limits = {"min_side": ingestion["min_side_px"], "max_pixels": ingestion["max_pixels"]}
-    image = decode_rgb(path.read_bytes(), **limits)
+    image = decode_rgb(path.read_bytes(), **decode_limits(ingestion))
     return model_input(image.rgb, preprocessing)[0]
 
 
 def _log_summary(predictions: pd.DataFrame) -> None:
-    ok = predictions[predictions["status"] == "ok"]
+    ok = predictions[predictions["status"] == OK]
     counts = ok["predicted"].value_counts().reindex(list(CLASSES), fill_value=0)
     logger.info(
         "Scored %d files: %d classified (%s), %d quarantined",

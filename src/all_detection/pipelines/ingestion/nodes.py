@@ -24,7 +24,16 @@ from all_detection.image_io import (
     near_pairs,
     walk_without_following_links,
 )
-from all_detection.layout import CLASSES, IMAGE_FOLDERS, ORIGINAL_DIR, SEGMENTED_DIR, SPLITS
+from all_detection.layout import (
+    CLASSES,
+    IMAGE_FOLDERS,
+    OK,
+    ORIGINAL_DIR,
+    QUARANTINED,
+    SEGMENTED_DIR,
+    SPLITS,
+    usable_originals,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,14 +105,10 @@ _INVENTORY_COLUMNS = ["path", "folder", "label", *FILE_VERDICT_COLUMNS[1:]]
 
 def _quarantine(files: pd.DataFrame, where: pd.Series, reason: str, detail: pd.Series | str) -> pd.DataFrame:
     files = files.copy()
-    files.loc[where, "status"] = "quarantined"
+    files.loc[where, "status"] = QUARANTINED
     files.loc[where, "reason"] = reason
     files.loc[where, "detail"] = detail if isinstance(detail, str) else detail[where]
     return files
-
-
-def _usable_originals(files: pd.DataFrame) -> pd.Series:
-    return (files["status"] == "ok") & (files["folder"] == ORIGINAL_DIR)
 
 
 def quarantine_conflicting_duplicates(files: pd.DataFrame) -> pd.DataFrame:
@@ -112,10 +117,10 @@ def quarantine_conflicting_duplicates(files: pd.DataFrame) -> pd.DataFrame:
     Neither label can be trusted, so both sides go. Only Originals count: Segmented copies are
     derived images whose emptiest versions (an all-black mask) are byte-identical across classes.
     """
-    originals = files[_usable_originals(files)]
+    originals = files[usable_originals(files)]
     labels_per_hash = originals.groupby("sha256")["label"].agg(lambda labels: sorted(set(labels)))
     conflicting = labels_per_hash[labels_per_hash.map(len) > 1]
-    where = _usable_originals(files) & files["sha256"].isin(conflicting.index)
+    where = usable_originals(files) & files["sha256"].isin(conflicting.index)
     detail = files["sha256"].map(lambda digest: f"labels {', '.join(conflicting.get(digest, []))}")
     return _quarantine(files, where, CONFLICTING_LABELS, detail)
 
@@ -137,9 +142,9 @@ def pair_segmented_copies(files: pd.DataFrame) -> pd.DataFrame:
 
     status_by_path = files.set_index("path")["status"]
     counterpart_status = files["counterpart"].map(status_by_path)
-    orphan = segmented & (files["status"] == "ok") & files["counterpart"].isna()
+    orphan = segmented & (files["status"] == OK) & files["counterpart"].isna()
     files = _quarantine(files, orphan, NO_ORIGINAL, "no Original image of the same class and name")
-    twin_quarantined = segmented & (files["status"] == "ok") & (counterpart_status == "quarantined")
+    twin_quarantined = segmented & (files["status"] == OK) & (counterpart_status == QUARANTINED)
     return _quarantine(files, twin_quarantined, ORIGINAL_QUARANTINED, files["counterpart"])
 
 
@@ -151,7 +156,7 @@ def group_duplicates(files: pd.DataFrame, near_duplicate_max_bits: int) -> pd.Da
     Groups are closed transitively, numbered from 0 in path order, and `duplicate_kind` says `exact`
     (all members byte-identical), `near` or `unique`. Segmented copies take their Original's group.
     """
-    usable = files[_usable_originals(files)].sort_values("path")
+    usable = files[usable_originals(files)].sort_values("path")
     hashes = np.array([int(value, 16) for value in usable["phash"]], dtype=np.uint64)
     first, second = near_pairs(hashes, near_duplicate_max_bits)
     links = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(usable), len(usable)))
@@ -174,7 +179,7 @@ def group_duplicates(files: pd.DataFrame, near_duplicate_max_bits: int) -> pd.Da
 def _inherit_from_originals(files: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Copy columns from each usable Original onto its usable Segmented copy."""
     by_path = files.set_index("path")[columns]
-    copies = (files["folder"] == SEGMENTED_DIR) & (files["status"] == "ok")
+    copies = (files["folder"] == SEGMENTED_DIR) & (files["status"] == OK)
     for column in columns:
         files.loc[copies, column] = files.loc[copies, "counterpart"].map(by_path[column]).to_numpy()
     return files
@@ -190,7 +195,7 @@ def assign_splits(files: pd.DataFrame, split: dict[str, Any]) -> pd.DataFrame:
     whose images carry different labels (a near duplicate relabelled) counts for its majority class.
     Segmented copies follow their Original. Quarantined files get no split.
     """
-    usable = files[_usable_originals(files)]
+    usable = files[usable_originals(files)]
     rng = np.random.default_rng(split["seed"])
     groups = usable.groupby("group")["label"].agg(lambda labels: labels.mode().iloc[0]).rename("label")
     sizes = usable.groupby("group").size().rename("size")
@@ -245,14 +250,14 @@ def summarise_data_quality(manifest: pd.DataFrame, dataset: dict[str, Any], spli
 
     Also logs a short table a person can read at the end of the run.
     """
-    originals = manifest[(manifest["folder"] == ORIGINAL_DIR) & (manifest["status"] == "ok")]
+    originals = manifest[usable_originals(manifest)]
     per_class = pd.crosstab(originals["label"], originals["split"]).reindex(
         index=[label for label in CLASSES if label in set(originals["label"])],
         columns=list(SPLITS),
         fill_value=0,
     )
     per_class["total"] = per_class.sum(axis=1)
-    quarantined = manifest[manifest["status"] == "quarantined"]
+    quarantined = manifest[manifest["status"] == QUARANTINED]
     grouped = originals[originals["duplicate_kind"].isin(["exact", "near"])]
     duplicate_groups = [
         {
@@ -267,9 +272,10 @@ def summarise_data_quality(manifest: pd.DataFrame, dataset: dict[str, Any], spli
     segmented = manifest[manifest["folder"] == SEGMENTED_DIR]
     report = {
         "dataset_root": str(dataset["root"]),
+        "synthetic": bool(dataset.get("synthetic", False)),
         "files": {
             "total": len(manifest),
-            "ok": int((manifest["status"] == "ok").sum()),
+            "ok": int((manifest["status"] == OK).sum()),
             "quarantined": len(quarantined),
         },
         "images_per_class_and_split": {

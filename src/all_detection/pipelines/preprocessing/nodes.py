@@ -19,8 +19,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from all_detection.core.progress import Progress
-from all_detection.image_io import decode_rgb
-from all_detection.layout import CLASSES, ORIGINAL_DIR, SPLITS, input_channels
+from all_detection.image_io import decode_limits, decode_rgb
+from all_detection.layout import CLASSES, OK, SPLITS, input_channels, usable_originals
 from all_detection.segmentation import (
     blast_mask,
     dataset_mask,
@@ -39,8 +39,7 @@ LOW_AGREEMENT = 0.8
 
 def _read_rgb(root: Path, relative_path: str, ingestion: dict[str, Any]) -> np.ndarray:
     """Decode an image ingestion accepted, through the same gate and limits (the file may have changed)."""
-    limits = {"min_side": ingestion["min_side_px"], "max_pixels": ingestion["max_pixels"]}
-    return decode_rgb((root / relative_path).read_bytes(), **limits).rgb
+    return decode_rgb((root / relative_path).read_bytes(), **decode_limits(ingestion)).rgb
 
 
 def prepare_model_inputs(
@@ -55,7 +54,7 @@ def prepare_model_inputs(
     training never decodes a JPEG per epoch.
     """
     root = Path(dataset["root"])
-    usable = manifest[(manifest["status"] == "ok") & (manifest["folder"] == ORIGINAL_DIR)]
+    usable = manifest[usable_originals(manifest)]
     size, channels = preprocessing["image_size"], input_channels(preprocessing["input_mode"])
     progress, outputs = Progress(logger, "prepared images", len(usable)), []
     for split in SPLITS:
@@ -95,10 +94,9 @@ def measure_segmentation_agreement(
     root = Path(dataset["root"])
     by_path = manifest.set_index("path")
     pairs = manifest[
-        (manifest["folder"] == ORIGINAL_DIR)
-        & (manifest["status"] == "ok")
+        usable_originals(manifest)
         & manifest["counterpart"].notna()
-        & manifest["counterpart"].map(lambda twin: pd.notna(twin) and by_path.at[twin, "status"] == "ok")
+        & manifest["counterpart"].map(lambda twin: pd.notna(twin) and by_path.at[twin, "status"] == OK)
     ]
     min_value = preprocessing["agreement"]["dataset_mask_min_value"]
     agreement: dict[str, Any] = {}
@@ -149,7 +147,7 @@ def plot_segmentation_examples(
 ) -> Figure:
     """A figure with one row per class: original, blast mask, segmented and masked, first usable image."""
     root = Path(dataset["root"])
-    usable = manifest[(manifest["status"] == "ok") & (manifest["folder"] == ORIGINAL_DIR)].sort_values("path")
+    usable = manifest[usable_originals(manifest)].sort_values("path")
     labels = [label for label in CLASSES if label in set(usable["label"])]
     figure, axes = plt.subplots(len(labels), 4, figsize=(10, 2.6 * len(labels)), squeeze=False)
     masked = preprocessing["masked"]
