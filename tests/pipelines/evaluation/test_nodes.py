@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import jinja2
 import keras
 import matplotlib.pyplot as plt
 import numpy as np
@@ -33,6 +34,7 @@ from all_detection.pipelines.evaluation.nodes import (
     expected_calibration_error,
     history_to_mlflow_metrics,
     measure_leakage,
+    model_card_context,
     one_vs_rest_auc,
     predict_split,
     to_mlflow_metrics,
@@ -85,6 +87,11 @@ def predictions_from(confusion: np.ndarray, confidence: float = 0.7) -> pd.DataF
 @pytest.fixture(scope="module")
 def known() -> dict:
     return evaluate_split(predictions_from(CONFUSION), EVALUATION, SEED)
+
+
+def card_of(*inputs: dict) -> str:
+    """The card as the pipeline makes it: the context node, then the template."""
+    return write_model_card(model_card_context(*inputs))
 
 
 def test_accuracy_and_per_class_scores_match_the_hand_computed_confusion_matrix(known: dict):
@@ -340,7 +347,7 @@ def test_history_metrics_have_one_step_per_epoch():
 
 
 def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
-    card = write_model_card(metrics, SUMMARY, DATA_QUALITY, MODEL)
+    card = card_of(metrics, SUMMARY, DATA_QUALITY, MODEL)
     low, high = metrics["test"]["confidence_intervals"]["accuracy"]
     assert "not a diagnostic device" in card
     assert "10.34740/KAGGLE/DSV/2175623" in card and "Aria" in card
@@ -354,7 +361,7 @@ def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
     assert "Falling back" in card  # the base weights' fallback warning
     assert "Synthetic data" in card  # the demo set, as its parameters say
     # A folder's name does not make data synthetic: a real set under a "demo" folder is not called one.
-    assert "Synthetic data" not in write_model_card(
+    assert "Synthetic data" not in card_of(
         metrics, SUMMARY, {**DATA_QUALITY, "synthetic": False, "dataset_root": "/labs/demo_ALL"}, MODEL
     )
     assert "Leaky protocol" not in card
@@ -364,16 +371,14 @@ def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
 
 def test_model_card_names_the_fine_tuned_layers(metrics: dict):
     recipe = {**metrics["run"]["recipe"], "cache_at": "block5_conv2", "fine_tuned_layers": ["block5_conv3"]}
-    card = write_model_card(
-        {**metrics, "run": {**metrics["run"], "recipe": recipe}}, SUMMARY, DATA_QUALITY, MODEL
-    )
+    card = card_of({**metrics, "run": {**metrics["run"], "recipe": recipe}}, SUMMARY, DATA_QUALITY, MODEL)
     assert "**Fine-tuned**" in card and "block5_conv3 trained with it" in card and "`block5_conv2`" in card
 
 
 def test_model_card_says_so_when_test_images_leaked_into_training(metrics: dict):
     leaked = {"test": {"same_source_in_training": 30, "fraction_same_source": 0.75}}
     run = {**metrics["run"], "leakage": leaked}
-    card = write_model_card({**metrics, "run": run}, SUMMARY, DATA_QUALITY, MODEL)
+    card = card_of({**metrics, "run": run}, SUMMARY, DATA_QUALITY, MODEL)
     assert "Leaky protocol" in card and "30 of the 40 test images (75.0%)" in card
     assert "before augmentation" not in card
 
@@ -472,3 +477,10 @@ def test_gradcam_falls_back_to_a_plain_figure_without_tensorflow(
     figure = plot_gradcam(None, images, predictions, 2)
     assert "TensorFlow backend" in figure.axes[0].texts[0].get_text()
     plt.close(figure)
+
+
+def test_the_card_template_refuses_a_context_without_a_value_it_shows(metrics: dict):
+    context = model_card_context(metrics, SUMMARY, DATA_QUALITY, MODEL)
+    del context["usable_images"]
+    with pytest.raises(jinja2.UndefinedError, match="usable_images"):
+        write_model_card(context)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import jinja2
 import keras
 import numpy as np
 import pandas as pd
@@ -390,149 +391,116 @@ def _interval(pair: list[float | None] | None) -> str:
     return "n/a" if not pair or None in pair else f"{pair[0]:.3f} to {pair[1]:.3f}"
 
 
-def write_model_card(
+def model_card_context(
     metrics: dict[str, Any],
     training_summary: dict[str, Any],
     data_quality: dict[str, Any],
     model: dict[str, Any],
-) -> str:
-    """A Markdown model card: intended use, data and provenance, split protocol, model, training, test
-    results with their bootstrap intervals, per-class scores, calibration, detection and limitations.
-
-    A synthetic dataset (`dataset.synthetic`, recorded in the data-quality report) is said to be one.
-    """
+) -> dict[str, Any]:
+    """Everything the model card says, formatted: the run's data and provenance, split protocol (from
+    the leakage measured, not from intentions), model, training, test results with their bootstrap
+    intervals, per-class scores, calibration and detection. `model` is the `model` parameters (base
+    weights, input scaling, head); a synthetic dataset (`dataset.synthetic`, recorded in the
+    data-quality report) is said to be one."""
     test, val, run = metrics["test"], metrics["val"], metrics["run"]
     weights = training_summary["base_weights"]
     split = data_quality.get("split", {})
-    requested = split.get("requested", {})
-    files = data_quality["files"]
-    root = str(data_quality.get("dataset_root", ""))
-    synthetic = bool(data_quality.get("synthetic"))
     intervals = test.get("confidence_intervals", {})
-    level = round(100 * intervals.get("level", 0.95))
-    head = model.get("head", {})
     recipe = run.get("recipe", {})
-    lines = [
-        "# Model card: ALL Detection (VGG16 transfer learning with a small convolutional head)",
-        "",
-    ]
-    if synthetic:
-        lines += [
-            f"> **Synthetic data.** These results come from the synthetic demo set at `{root}`, not from "
-            "blood smears. They show that the pipeline runs; they say nothing about leukaemia detection.",
-            "",
-        ]
-    if weights.get("warning"):
-        lines += [f"> **Base weights fallback.** {weights['warning']}", ""]
-    lines += [
-        "## Intended use",
-        "",
-        "Research and teaching: staging Acute Lymphoblastic Leukaemia from peripheral blood smear images "
-        f"into {', '.join(CLASSES)} (Benign: hematogones; Early, Pre and Pro: the malignant B-ALL stages). "
-        "It is **not a diagnostic device** and must not be used to diagnose, stage or treat patients.",
-        "",
-        "## Data and provenance",
-        "",
-        "Dataset: Aria M, Ghaderzadeh M, Bashash D, Abolghasemi H, Asadi F, Hosseini A. *Acute "
-        "Lymphoblastic Leukemia (ALL) image dataset*. Kaggle, 2021. doi:10.34740/KAGGLE/DSV/2175623.",
-        "",
-        f"Dataset root for this run: `{root}`. Files found: {files['total']} (Original images and their "
-        f"Segmented copies), readable: {files['ok']}, quarantined: {files['quarantined']}"
-        + _reasons(data_quality.get("quarantined", {}).get("by_reason", {}))
-        + f". Usable images (Originals, the unit of the split): {_usable_images(data_quality)}.",
-        "",
-        "| class | train | val | test | total |",
-        "| --- | ---: | ---: | ---: | ---: |",
-        *(
-            f"| {label} | {counts.get('train', 0)} | {counts.get('val', 0)} | {counts.get('test', 0)} | "
-            f"{counts.get('total', 0)} |"
+    head = model.get("head", {})
+    return {
+        "classes": list(CLASSES),
+        "synthetic": bool(data_quality.get("synthetic")),
+        "root": str(data_quality.get("dataset_root", "")),
+        "weights_warning": weights.get("warning"),
+        "weights_requested": weights.get("requested"),
+        "weights_used": weights.get("used"),
+        "input_scaling": model.get("input_scaling", "n/a"),
+        "head": {key: head.get(key, "n/a") for key in ("conv_filters", "dense_units", "dropout")},
+        "files": data_quality["files"],
+        "quarantine_reasons": _reasons(data_quality.get("quarantined", {}).get("by_reason", {})),
+        "usable_images": _usable_images(data_quality),
+        "split_table": [
+            {"label": label, **{name: counts.get(name, 0) for name in ("train", "val", "test", "total")}}
             for label, counts in data_quality["images_per_class_and_split"].items()
-        ),
-        "",
-        "## Split protocol",
-        "",
-        *_split_protocol(run, data_quality, split, requested),
-        f"- Split sizes: {_sizes(run['split_sizes'])} images.",
-        "",
-        "## Model",
-        "",
-        f"- VGG16 convolutional base, weights requested `{weights.get('requested')}`, "
-        f"used `{weights.get('used')}`; input scaling `{model.get('input_scaling', 'n/a')}`.",
-        f"- {_fine_tuning(recipe)}",
-        f"- Head: 3x3 convolutions {head.get('conv_filters', 'n/a')} with max-pooling, dense layers "
-        f"{head.get('dense_units', 'n/a')} with batch normalisation and dropout "
-        f"{head.get('dropout', 'n/a')}, softmax over {len(CLASSES)} classes.",
-        f"- Input: `{run['input_mode']}` images, {run['image_size']} x {run['image_size']} pixels.",
-        "",
-        "## Training",
-        "",
-        f"- Mode `{run['mode']}`, {run['epochs_run']} epochs run, weights of epoch {run['best_epoch']} "
-        f"(lowest validation loss) kept; device: {run['device']}.",
-        f"- Class balance: loss weights `{recipe.get('class_weight', 'none')}`, class-balanced "
-        f"augmentation {'on' if recipe.get('balanced_augmentation') else 'off'}.",
-        f"- Test-time augmentation: {_tta(recipe.get('tta', 'none'))}",
-        "",
-        f"## Test results ({test.get('n', 0)} images)",
-        "",
-        f"Intervals: {level}% percentile bootstrap over test images "
-        f"({intervals.get('bootstrap_samples', 'n/a')} resamples).",
-        "",
-        f"| metric | test | test {level}% interval | validation |",
-        "| --- | ---: | --- | ---: |",
-        f"| accuracy | {_fmt(test.get('accuracy'))} | {_interval(intervals.get('accuracy'))} | "
-        f"{_fmt(val.get('accuracy'))} |",
-        f"| macro F1 | {_fmt(test.get('macro_f1'))} | {_interval(intervals.get('macro_f1'))} | "
-        f"{_fmt(val.get('macro_f1'))} |",
-        f"| weighted F1 | {_fmt(test.get('weighted_f1'))} | | {_fmt(val.get('weighted_f1'))} |",
-        f"| Cohen's kappa | {_fmt(test.get('cohen_kappa'))} | | {_fmt(val.get('cohen_kappa'))} |",
-        f"| MCC | {_fmt(test.get('mcc'))} | | {_fmt(val.get('mcc'))} |",
-        f"| ROC AUC (macro, one-vs-rest) | {_fmt(_get(test, 'roc_auc', 'macro'))} | | "
-        f"{_fmt(_get(val, 'roc_auc', 'macro'))} |",
-        "",
-        "### Per class (test)",
-        "",
-        "| class | precision | recall | F1 | specificity | ROC AUC | support |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *(
-            f"| {label} | {_fmt(scores['precision'])} | {_fmt(scores['recall'])} | {_fmt(scores['f1'])} | "
-            f"{_fmt(scores['specificity'])} | {_fmt(_get(test, 'roc_auc', label))} | {scores['support']} |"
+        ],
+        "split_protocol": _split_protocol(run, data_quality, split, split.get("requested", {})),
+        "split_sizes": _sizes(run["split_sizes"]),
+        "fine_tuning": _fine_tuning(recipe),
+        "run": {
+            key: run[key]
+            for key in ("input_mode", "image_size", "mode", "epochs_run", "best_epoch", "device")
+        },
+        "class_weight": recipe.get("class_weight", "none"),
+        "balanced_augmentation": "on" if recipe.get("balanced_augmentation") else "off",
+        "tta": _tta(recipe.get("tta", "none")),
+        "test_n": test.get("n", 0),
+        "level": round(100 * intervals.get("level", 0.95)),
+        "bootstrap_samples": intervals.get("bootstrap_samples", "n/a"),
+        "headline": [
+            {
+                "metric": "accuracy",
+                "test": _fmt(test.get("accuracy")),
+                "interval": _interval(intervals.get("accuracy")),
+                "val": _fmt(val.get("accuracy")),
+            },
+            {
+                "metric": "macro F1",
+                "test": _fmt(test.get("macro_f1")),
+                "interval": _interval(intervals.get("macro_f1")),
+                "val": _fmt(val.get("macro_f1")),
+            },
+            {
+                "metric": "weighted F1",
+                "test": _fmt(test.get("weighted_f1")),
+                "interval": "",
+                "val": _fmt(val.get("weighted_f1")),
+            },
+            {
+                "metric": "Cohen's kappa",
+                "test": _fmt(test.get("cohen_kappa")),
+                "interval": "",
+                "val": _fmt(val.get("cohen_kappa")),
+            },
+            {"metric": "MCC", "test": _fmt(test.get("mcc")), "interval": "", "val": _fmt(val.get("mcc"))},
+            {
+                "metric": "ROC AUC (macro, one-vs-rest)",
+                "test": _fmt(_get(test, "roc_auc", "macro")),
+                "interval": "",
+                "val": _fmt(_get(val, "roc_auc", "macro")),
+            },
+        ],
+        "per_class": [
+            {
+                "label": label,
+                **{name: _fmt(scores[name]) for name in ("precision", "recall", "f1", "specificity")},
+                "roc_auc": _fmt(_get(test, "roc_auc", label)),
+                "support": scores["support"],
+            }
             for label, scores in test.get("per_class", {}).items()
-        ),
-        "",
-        "### Calibration",
-        "",
-        f"Expected calibration error (equal-width confidence bins): {_fmt(test.get('ece'))} on test, "
-        f"{_fmt(val.get('ece'))} on validation. 0 means the confidence matches the accuracy.",
-        "",
-        "### Detection: benign against any malignant stage",
-        "",
-        f"Positive = {DETECTION_POSITIVE}. Sensitivity {_fmt(_get(test, 'detection', 'sensitivity'))}, "
-        f"specificity {_fmt(_get(test, 'detection', 'specificity'))} "
-        f"(TP {_get(test, 'detection', 'tp')}, FN {_get(test, 'detection', 'fn')}, "
-        f"TN {_get(test, 'detection', 'tn')}, FP {_get(test, 'detection', 'fp')}).",
-        "",
-        "## Limitations",
-        "",
-        "- **Image-level split, not patient-level.** The dataset has no patient ids, so test images can "
-        "come from the same patients (and slides) as training images. The test numbers are therefore "
-        "likely optimistic for new patients; a patient-level evaluation is needed before any claim.",
-        "- **Single hospital.** All images come from one laboratory's staining and imaging; other sites' "
-        "stains, microscopes and cameras are untested.",
-        "- **Stain differs by class.** The Pro images are stained in a different (pink-lilac) hue from the "
-        "others, so the model may partly recognise the stain rather than the cells' morphology"
-        + _pro_agreement(data_quality)
-        + ".",
-        f"- **Small test set.** {test.get('n', 0)} images: see the width of the intervals above.",
-        "- **Not clinically validated.** No prospective study, regulatory review or comparison with "
-        "haematologists has been made.",
-    ]
-    if weights.get("warning"):
-        lines.append(
-            "- **Base weights.** The VGG16 base was not the requested one (see the note at the top)."
-        )
-    if synthetic:
-        lines.append("- **Synthetic data.** This run used generated images, not the ALL dataset.")
-    return "\n".join(lines) + "\n"
+        ],
+        "ece_test": _fmt(test.get("ece")),
+        "ece_val": _fmt(val.get("ece")),
+        "detection": {
+            "positive": DETECTION_POSITIVE,
+            "sensitivity": _fmt(_get(test, "detection", "sensitivity")),
+            "specificity": _fmt(_get(test, "detection", "specificity")),
+            **{count: _get(test, "detection", count) for count in ("tp", "fn", "tn", "fp")},
+        },
+        "pro_agreement": _pro_agreement(data_quality),
+    }
+
+
+def write_model_card(context: dict[str, Any]) -> str:
+    """The Markdown model card: `templates/model_card.md.j2` filled with `model_card_context`'s values
+    (a value missing from the context is an error, never a blank)."""
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("all_detection", "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # Markdown, not HTML: the card's words are ours and the values are numbers
+    )
+    return environment.get_template("model_card.md.j2").render(context)
 
 
 def _split_protocol(

@@ -17,6 +17,7 @@ from .nodes import (
     evaluate_split,
     history_to_mlflow_metrics,
     measure_leakage,
+    model_card_context,
     predict_split,
     to_mlflow_metrics,
     write_classification_report,
@@ -91,8 +92,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="write_classification_report_node",
             ),
             Node(
-                write_model_card,
+                model_card_context,
                 inputs=["metrics", "training_summary", "data_quality_with_segmentation", "params:model"],
+                outputs="model_card_context",
+                name="model_card_context_node",
+            ),
+            Node(
+                write_model_card,
+                inputs="model_card_context",
                 outputs="model_card",
                 name="write_model_card_node",
             ),
