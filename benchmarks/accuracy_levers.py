@@ -50,9 +50,9 @@ from all_detection.core.model import (
 )
 from all_detection.core.training import fit_cached
 from all_detection.layout import CLASSES
-from all_detection.pipelines.cross_validation.nodes import assign_folds, fold_splits
 from all_detection.settings import CONFIG_LOADER_ARGS
 from all_detection.studies import pooled_images, pooled_index
+from all_detection.studies.cross_validation.nodes import assign_folds, fold_splits
 
 PROJECT = Path(__file__).resolve().parents[1]
 MODEL_INPUT = PROJECT / "data" / "05_model_input"

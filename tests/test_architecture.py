@@ -39,6 +39,14 @@ def test_no_pipeline_s_nodes_import_another_pipeline():
     assert not offenders
 
 
+def test_the_studies_nodes_import_no_stage_s_nodes():
+    """A study composes the stages' pipelines in its wiring (`pipeline.py`); its nodes stand alone."""
+    studies = PIPELINES.parent / "studies"
+    for nodes in sorted(studies.glob("*/nodes.py")):
+        imported = imported_modules(nodes)
+        assert not any(name.startswith("all_detection.pipelines") for name in imported), nodes
+
+
 def test_the_hooks_and_the_core_import_no_pipeline():
     package = PIPELINES.parent
     for module in [package / "hooks.py", package / "settings.py", *sorted((package / "core").glob("*.py"))]:

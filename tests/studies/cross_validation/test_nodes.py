@@ -9,7 +9,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from all_detection.layout import CLASSES
-from all_detection.pipelines.cross_validation.nodes import (
+from all_detection.studies.cross_validation.nodes import (
     assign_folds,
     cross_validation_mlflow_metrics,
     fold_splits,
@@ -17,7 +17,7 @@ from all_detection.pipelines.cross_validation.nodes import (
     split_fold,
     summarise_folds,
 )
-from all_detection.pipelines.cross_validation.pipeline import create_pipeline
+from all_detection.studies.cross_validation.pipeline import create_pipeline
 
 
 def index(split: str, per_class: int) -> pd.DataFrame:
@@ -81,7 +81,7 @@ def test_a_fold_s_stacks_hold_its_rows_in_the_pooled_order():
 
 
 def test_the_pipeline_has_one_namespace_per_configured_fold(monkeypatch):
-    import all_detection.pipelines.cross_validation.pipeline as wiring  # noqa: PLC0415
+    import all_detection.studies.cross_validation.pipeline as wiring  # noqa: PLC0415
 
     monkeypatch.setattr(wiring, "run_parameters", lambda: {"cross_validation": {"folds": 3}})
     pipeline = create_pipeline()

@@ -7,8 +7,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from all_detection.layout import INPUT_MODES
-from all_detection.pipelines.input_mode_comparison.nodes import compare_input_modes, plot_input_modes
-from all_detection.pipelines.input_mode_comparison.pipeline import create_pipeline
+from all_detection.studies.input_mode_comparison.nodes import compare_input_modes, plot_input_modes
+from all_detection.studies.input_mode_comparison.pipeline import create_pipeline
 from tests.configuration import configured_parameters
 
 
