@@ -395,19 +395,19 @@ def model_card_context(
     metrics: dict[str, Any],
     training_summary: dict[str, Any],
     data_quality: dict[str, Any],
-    model: dict[str, Any],
+    model_settings: dict[str, Any],
 ) -> dict[str, Any]:
     """Everything the model card says, formatted: the run's data and provenance, split protocol (from
     the leakage measured, not from intentions), model, training, test results with their bootstrap
-    intervals, per-class scores, calibration and detection. `model` is the `model` parameters (base
-    weights, input scaling, head); a synthetic dataset (`dataset.synthetic`, recorded in the
+    intervals, per-class scores, calibration and detection. `model_settings` is the `model` parameters
+    (base weights, input scaling, head); a synthetic dataset (`dataset.synthetic`, recorded in the
     data-quality report) is said to be one."""
     test, val, run = metrics["test"], metrics["val"], metrics["run"]
     weights = training_summary["base_weights"]
     split = data_quality.get("split", {})
     intervals = test.get("confidence_intervals", {})
     recipe = run.get("recipe", {})
-    head = model.get("head", {})
+    head = model_settings.get("head", {})
     return {
         "classes": list(CLASSES),
         "synthetic": bool(data_quality.get("synthetic")),
@@ -415,7 +415,7 @@ def model_card_context(
         "weights_warning": weights.get("warning"),
         "weights_requested": weights.get("requested"),
         "weights_used": weights.get("used"),
-        "input_scaling": model.get("input_scaling", "n/a"),
+        "input_scaling": model_settings.get("input_scaling", "n/a"),
         "head": {key: head.get(key, "n/a") for key in ("conv_filters", "dense_units", "dropout")},
         "files": data_quality["files"],
         "quarantine_reasons": _reasons(data_quality.get("quarantined", {}).get("by_reason", {})),

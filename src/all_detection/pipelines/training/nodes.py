@@ -39,7 +39,7 @@ def cache_base_features(
     augmented_train_images: np.ndarray,
     val_images: np.ndarray,
     test_images: np.ndarray,
-    model: dict[str, Any],
+    model_settings: dict[str, Any],
     training: dict[str, Any],
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -58,10 +58,12 @@ def cache_base_features(
     with hardware_setup(training, seed) as hardware:
         training = sized_for_device(training, augmented_train_images.shape[1])
         base, _ = build_base(
-            augmented_train_images.shape[1], model["base_weights"], model["random_weights_fallback"]
+            augmented_train_images.shape[1],
+            model_settings["base_weights"],
+            model_settings["random_weights_fallback"],
         )
         extractor = build_feature_extractor(
-            base, augmented_train_images.shape[-1], model["input_scaling"], training["cache_at"]
+            base, augmented_train_images.shape[-1], model_settings["input_scaling"], training["cache_at"]
         )
         started = time.perf_counter()
         stacks = [
@@ -104,7 +106,7 @@ def train_classifier(
     val_images: np.ndarray,
     val_index: pd.DataFrame,
     feature_cache: dict[str, Any],
-    model: dict[str, Any],
+    model_settings: dict[str, Any],
     augmentation: dict[str, Any],
     training: dict[str, Any],
     seed: int,
@@ -129,12 +131,14 @@ def train_classifier(
     with hardware_setup(training, seed) as hardware:
         image_size, channels = val_images.shape[1], val_images.shape[-1]
         training = sized_for_device(training, image_size)
-        base, provenance = build_base(image_size, model["base_weights"], model["random_weights_fallback"])
+        base, provenance = build_base(
+            image_size, model_settings["base_weights"], model_settings["random_weights_fallback"]
+        )
         # Online training feeds images through all of VGG16, so nothing is cut.
         cache_at = training["cache_at"] if mode == "cached" else BASE_OUTPUT
-        extractor = build_feature_extractor(base, channels, model["input_scaling"], cache_at)
+        extractor = build_feature_extractor(base, channels, model_settings["input_scaling"], cache_at)
         base_above = build_base_above(base, cache_at, extractor.output_shape[1:], images_per_input(channels))
-        head = build_head((base_above or extractor).output_shape[1:], model["head"])
+        head = build_head((base_above or extractor).output_shape[1:], model_settings["head"])
         y_val = one_hot(val_index["label_index"])
         started = time.perf_counter()
         if mode == "cached":
