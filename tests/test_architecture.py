@@ -52,3 +52,11 @@ def test_the_hooks_and_the_core_import_no_pipeline():
     for module in [package / "hooks.py", package / "settings.py", *sorted((package / "core").glob("*.py"))]:
         imported = imported_modules(module)
         assert not any(name.startswith("all_detection.pipelines") for name in imported), module
+
+
+def test_the_registry_lists_every_stage_and_study_folder():
+    from all_detection.pipeline_registry import ON_DEMAND, STAGES  # noqa: PLC0415
+
+    folders = {path.parent.name for path in PIPELINES.glob("*/pipeline.py")}
+    folders |= {path.parent.name for path in (PIPELINES.parent / "studies").glob("*/pipeline.py")}
+    assert set(STAGES) | set(ON_DEMAND) == folders

@@ -1,27 +1,38 @@
-"""Project pipelines: one per stage of the data's journey (`pipelines/`, found by `find_pipelines()`),
-and the studies (`studies/`), each made of the stages' pipelines."""
+"""Project pipelines: the stages of the data's journey (`pipelines/`), in its order, and the studies
+(`studies/`), each made of the stages' pipelines.
+
+The registry lists them itself rather than through `find_pipelines()`, which discovers only
+`pipelines/` and refuses a requested name it did not find there (`kedro run --pipelines
+cross_validation`); a test keeps this list and the two folders in step.
+"""
 
 from __future__ import annotations
 
-from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
+from all_detection.pipelines import augmentation, evaluation, inference, ingestion, preprocessing, training
 from all_detection.studies import cross_validation, input_mode_comparison, protocol_comparison
 
-# The studies train several models each and repeat the data stages they need; like inference (which
-# scores a folder of new images, inference.input_dir), they run only when asked for by name.
-STUDIES = {
+#: `kedro run` (`__default__`): the stages from the image folder to the evaluated model, in order.
+STAGES = {
+    "ingestion": ingestion,
+    "preprocessing": preprocessing,
+    "augmentation": augmentation,
+    "training": training,
+    "evaluation": evaluation,
+}
+#: Run only when asked for by name: inference scores a folder of new images (inference.input_dir);
+#: the studies train several models each and repeat the data stages they need.
+ON_DEMAND = {
+    "inference": inference,
     "protocol_comparison": protocol_comparison,
     "cross_validation": cross_validation,
     "input_mode_comparison": input_mode_comparison,
 }
-ON_DEMAND = frozenset({"inference", *STUDIES})
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Every stage (`pipelines/`) and study, and `__default__`: the stages but inference, chained."""
-    pipelines = find_pipelines(raise_errors=True)
-    pipelines.update({name: study.create_pipeline() for name, study in STUDIES.items()})
-    chained = [pipeline for name, pipeline in pipelines.items() if name not in ON_DEMAND]
-    pipelines["__default__"] = sum(chained, Pipeline([]))
+    """Every stage and study by name, and `__default__`: the stages, chained."""
+    pipelines = {name: module.create_pipeline() for name, module in {**STAGES, **ON_DEMAND}.items()}
+    pipelines["__default__"] = sum((pipelines[name] for name in STAGES), Pipeline([]))
     return pipelines
