@@ -55,6 +55,11 @@ def decode_limits(ingestion: dict[str, Any]) -> dict[str, int]:
     return {"min_side": ingestion["min_side_px"], "max_pixels": ingestion["max_pixels"]}
 
 
+def read_rgb(path: Path, ingestion: dict[str, Any]) -> np.ndarray:
+    """Decode an image ingestion accepted, through the same gate and limits (the file may have changed)."""
+    return decode_rgb(path.read_bytes(), **decode_limits(ingestion)).rgb
+
+
 def decode_rgb(data: bytes, *, min_side: int = 32, max_pixels: int = 40_000_000) -> DecodedImage:
     """Decode every pixel of an image file's bytes into RGB, or raise `UnusableImage` saying why.
 

@@ -175,7 +175,7 @@ def test_missing_root_and_wrong_layout_raise_one_clear_error(tmp_path):
 
 def test_data_quality_counts_what_the_manifest_holds(defective_manifest):
     manifest, expected = defective_manifest
-    report = summarise_data_quality(manifest, {"root": "ALL"}, SPLIT)
+    report = summarise_data_quality(manifest, {}, {"root": "ALL"}, SPLIT)
     quarantined = sum(reason is not None for reason in expected.values())
     total = len(expected)
     assert report["files"] == {"total": total, "ok": total - quarantined, "quarantined": quarantined}
@@ -189,7 +189,9 @@ def test_data_quality_counts_what_the_manifest_holds(defective_manifest):
     assert report["duplicates"]["cross_label_groups"] == 1
     assert report["segmented"]["segmented_without_original"] == ["Segmented/Pro/WBC-Malignant-Pro-950.jpg"]
     assert report["synthetic"] is False
-    assert summarise_data_quality(manifest, {"root": "ALL", "synthetic": True}, SPLIT)["synthetic"] is True
+    assert (
+        summarise_data_quality(manifest, {}, {"root": "ALL", "synthetic": True}, SPLIT)["synthetic"] is True
+    )
 
 
 def test_a_file_that_cannot_be_read_is_quarantined_not_fatal(tmp_path, monkeypatch):

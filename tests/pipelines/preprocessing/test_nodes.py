@@ -10,9 +10,8 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from all_detection.pipelines.ingestion.nodes import measure_segmentation_agreement, summarise_data_quality
 from all_detection.pipelines.preprocessing.nodes import (
-    add_segmentation_agreement,
-    measure_segmentation_agreement,
     plot_segmentation_examples,
     prepare_model_inputs,
 )
@@ -29,7 +28,7 @@ from all_detection.segmentation import (
 )
 from all_detection.synthetic import write_synthetic_dataset
 from tests.configuration import configured_parameters
-from tests.pipelines.ingestion.test_nodes import INGESTION, ingest
+from tests.pipelines.ingestion.test_nodes import INGESTION, SPLIT, ingest
 
 PREPROCESSING = configured_parameters()["preprocessing"]
 
@@ -184,8 +183,9 @@ def test_segmentation_agreement_with_the_synthetic_sets_own_masks(synthetic_set,
         # The synthetic Segmented/ files were made with the authors' recipe, then JPEG-compressed.
         assert agreement[label]["dice_mean"] > 0.9, agreement[label]
         assert agreement[label]["dataset_mask_fraction"] > 0.01
-    report = add_segmentation_agreement({"files": {"total": 80}}, agreement)
-    assert report["files"] == {"total": 80} and report["segmentation_agreement"] is agreement
+    # Ingestion measures it and writes it into data_quality.json, the one report of the data.
+    report = summarise_data_quality(manifest, agreement, {"root": str(root)}, SPLIT)
+    assert report["segmentation_agreement"] == agreement and report["files"]["total"] == 80
 
 
 def test_low_agreement_is_explained(synthetic_set):

@@ -93,7 +93,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 model_card_context,
-                inputs=["metrics", "training_summary", "data_quality_with_segmentation", "params:model"],
+                inputs=["metrics", "training_summary", "data_quality", "params:model"],
                 outputs="model_card_context",
                 name="model_card_context_node",
             ),

@@ -1,4 +1,5 @@
-"""Wires ingestion: scan the folder, settle labels and duplicates, split, report."""
+"""Wires ingestion: scan the folder, settle labels and duplicates, split, measure the dataset's own
+segmentation against the project's, report."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -6,6 +7,7 @@ from .nodes import (
     assign_splits,
     build_manifest,
     group_duplicates,
+    measure_segmentation_agreement,
     pair_segmented_copies,
     quarantine_conflicting_duplicates,
     scan_image_folder,
@@ -48,8 +50,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(build_manifest, inputs="split_files", outputs="manifest", name="build_manifest_node"),
             Node(
+                measure_segmentation_agreement,
+                inputs=["manifest", "params:dataset", "params:preprocessing", "params:ingestion"],
+                outputs="segmentation_agreement",
+                name="measure_segmentation_agreement_node",
+            ),
+            Node(
                 summarise_data_quality,
-                inputs=["manifest", "params:dataset", "params:split"],
+                inputs=["manifest", "segmentation_agreement", "params:dataset", "params:split"],
                 outputs="data_quality",
                 name="summarise_data_quality_node",
             ),

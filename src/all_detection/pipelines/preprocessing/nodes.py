@@ -12,19 +12,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from all_detection.core.progress import Progress
-from all_detection.image_io import decode_limits, decode_rgb
-from all_detection.layout import CLASSES, OK, SPLITS, input_channels, usable_originals
+from all_detection.image_io import read_rgb
+from all_detection.layout import CLASSES, SPLITS, input_channels, usable_originals
 from all_detection.segmentation import (
     blast_mask,
-    dataset_mask,
-    dice_and_iou,
     dim_background,
     model_input,
     segment,
@@ -32,14 +29,6 @@ from all_detection.segmentation import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Agreement below this is explained in the report rather than passed over.
-LOW_AGREEMENT = 0.8
-
-
-def _read_rgb(root: Path, relative_path: str, ingestion: dict[str, Any]) -> np.ndarray:
-    """Decode an image ingestion accepted, through the same gate and limits (the file may have changed)."""
-    return decode_rgb((root / relative_path).read_bytes(), **decode_limits(ingestion)).rgb
 
 
 def prepare_model_inputs(
@@ -62,7 +51,7 @@ def prepare_model_inputs(
         stack = np.zeros((len(rows), size, size, channels), dtype=np.uint8)
         boxes, fractions = [], []
         for position, path in enumerate(rows["path"]):
-            stack[position], mask = model_input(_read_rgb(root, path, ingestion), preprocessing)
+            stack[position], mask = model_input(read_rgb(root / path, ingestion), preprocessing)
             boxes.append(stained_bounding_box(mask) or (-1, -1, -1, -1))
             fractions.append(float(mask.mean()))
             progress.advance()
@@ -82,66 +71,6 @@ def prepare_model_inputs(
     return tuple(outputs)
 
 
-def measure_segmentation_agreement(
-    manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any], ingestion: dict[str, Any]
-) -> dict[str, Any]:
-    """Dice and IoU per class of the project's blast masks against the dataset's own `Segmented/` masks.
-
-    Only usable Originals with a usable Segmented twin count. Besides the means and counts, each class
-    reports the mean stained fraction of both masks, and a class whose mean Dice is below 0.8 gets a
-    plain-language note on why (most often: the dataset's masks there are nearly empty).
-    """
-    root = Path(dataset["root"])
-    by_path = manifest.set_index("path")
-    pairs = manifest[
-        usable_originals(manifest)
-        & manifest["counterpart"].notna()
-        & manifest["counterpart"].map(lambda twin: pd.notna(twin) and by_path.at[twin, "status"] == OK)
-    ]
-    min_value = preprocessing["agreement"]["dataset_mask_min_value"]
-    agreement: dict[str, Any] = {}
-    for label in [label for label in CLASSES if label in set(pairs["label"])]:
-        scores = []
-        for original, twin in pairs.loc[pairs["label"] == label, ["path", "counterpart"]].itertuples(
-            index=False
-        ):
-            ours = blast_mask(_read_rgb(root, original, ingestion), preprocessing["segmentation"])
-            theirs = dataset_mask(_read_rgb(root, twin, ingestion), min_value)
-            if theirs.shape != ours.shape:
-                theirs = (
-                    cv2.resize(theirs.astype(np.uint8), ours.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
-                )
-            scores.append((*dice_and_iou(ours, theirs), ours.mean(), theirs.mean()))
-        dice, iou, ours_fraction, theirs_fraction = np.mean(scores, axis=0)
-        agreement[label] = {
-            "dice_mean": round(float(dice), 4),
-            "iou_mean": round(float(iou), 4),
-            "n": len(scores),
-            "project_mask_fraction": round(float(ours_fraction), 4),
-            "dataset_mask_fraction": round(float(theirs_fraction), 4),
-        }
-        if dice < LOW_AGREEMENT:
-            agreement[label]["note"] = _why_agreement_is_low(ours_fraction, theirs_fraction)
-    return agreement
-
-
-def _why_agreement_is_low(ours: float, theirs: float) -> str:
-    if theirs < 0.02:
-        return (
-            f"the dataset's own masks are nearly empty here ({theirs:.1%} of pixels; ours {ours:.1%}): cells "
-            "stained in hues outside the threshold band (in the ALL dataset, Pro's pink-lilac blasts) are "
-            "missed, and Dice on near-empty masks rests on a few pixels"
-        )
-    if ours < 0.5 * theirs:
-        return f"our masks cover much less than the dataset's ({ours:.1%} against {theirs:.1%} of pixels)"
-    return f"the masks differ in where they put the cells ({ours:.1%} against {theirs:.1%} of pixels)"
-
-
-def add_segmentation_agreement(data_quality: dict[str, Any], agreement: dict[str, Any]) -> dict[str, Any]:
-    """The ingestion report with `segmentation_agreement` added (empty when there is no `Segmented/`)."""
-    return {**data_quality, "segmentation_agreement": agreement}
-
-
 def plot_segmentation_examples(
     manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any], ingestion: dict[str, Any]
 ) -> Figure:
@@ -153,7 +82,7 @@ def plot_segmentation_examples(
     masked = preprocessing["masked"]
     for row, label in zip(axes, labels, strict=True):
         path = usable.loc[usable["label"] == label, "path"].iloc[0]
-        rgb = _read_rgb(root, path, ingestion)
+        rgb = read_rgb(root / path, ingestion)
         mask = blast_mask(rgb, preprocessing["segmentation"])
         panels = {
             f"{label}: original": rgb,

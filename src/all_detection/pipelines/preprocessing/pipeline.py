@@ -1,10 +1,8 @@
-"""Wires preprocessing: model inputs per split, segmentation agreement into the report, a figure."""
+"""Wires preprocessing: model inputs per split and a figure of the segmentation."""
 
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
-    add_segmentation_agreement,
-    measure_segmentation_agreement,
     plot_segmentation_examples,
     prepare_model_inputs,
 )
@@ -25,18 +23,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "test_index",
                 ],
                 name="prepare_model_inputs_node",
-            ),
-            Node(
-                measure_segmentation_agreement,
-                inputs=["manifest", "params:dataset", "params:preprocessing", "params:ingestion"],
-                outputs="segmentation_agreement",
-                name="measure_segmentation_agreement_node",
-            ),
-            Node(
-                add_segmentation_agreement,
-                inputs=["data_quality", "segmentation_agreement"],
-                outputs="data_quality_with_segmentation",
-                name="add_segmentation_agreement_node",
             ),
             Node(
                 plot_segmentation_examples,

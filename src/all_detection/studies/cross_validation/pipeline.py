@@ -61,9 +61,7 @@ def fold_run(fold: str) -> Pipeline:
         name="split_fold_node",
         namespace=fold,
     )
-    stages = variant(
-        augmentation.create_pipeline() + model_run(), fold, shared=["data_quality_with_segmentation"]
-    )
+    stages = variant(augmentation.create_pipeline() + model_run(), fold, shared=["data_quality"])
     return Pipeline([splits]) + stages
 
 

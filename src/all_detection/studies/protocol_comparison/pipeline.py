@@ -42,15 +42,13 @@ def create_pipeline(**kwargs) -> Pipeline:
     paper = variant(
         model_run(),
         "paper",
-        shared=["data_quality_with_segmentation"],
+        shared=["data_quality"],
         renamed={
             "train_images": "paper.augmented_train_images",
             "train_index": "paper.augmented_train_index",
         },
     )
-    leakage_free = variant(
-        model_run(), "leakage_free", shared=[*SPLIT_STACKS, *VIEWS, "data_quality_with_segmentation"]
-    )
+    leakage_free = variant(model_run(), "leakage_free", shared=[*SPLIT_STACKS, *VIEWS, "data_quality"])
     comparison = Pipeline(
         [
             Node(
