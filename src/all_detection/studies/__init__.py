@@ -109,6 +109,17 @@ def child_runs(**runs: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return runs
 
 
+def child_runs_node(namespaces: Mapping[str, str], output: str) -> Node:
+    """The node that gathers each variant's MLflow record (`<namespace>.mlflow_run`) under its run's
+    name (`namespaces`: run name to namespace) into the study's `MlflowChildRunsDataset` `output`."""
+    return Node(
+        child_runs,
+        inputs={name: f"{namespace}.mlflow_run" for name, namespace in namespaces.items()},
+        outputs=output,
+        name=f"{output}_node",
+    )
+
+
 def plot_interval_comparison(summaries: dict[str, dict[str, Any]], title: str, split: str = "test") -> Figure:
     """Accuracy and macro F1 of each run on `split` as bars with their bootstrap intervals, and under
     each run's name the number of images its numbers rest on."""

@@ -19,7 +19,7 @@ from all_detection import settings as project_settings
 from all_detection.layout import SPLITS, fold_names
 from all_detection.parameters import run_parameters
 from all_detection.pipelines import augmentation, ingestion, preprocessing
-from all_detection.studies import child_runs, model_run, variant
+from all_detection.studies import child_runs_node, model_run, variant
 
 from .nodes import (
     assign_folds,
@@ -107,12 +107,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="cross_validation_metrics",
                 name="cross_validation_mlflow_metrics_node",
             ),
-            Node(
-                child_runs,
-                inputs={fold: f"{fold}.mlflow_run" for fold in folds},
-                outputs="cross_validation_fold_runs",
-                name="cross_validation_fold_runs_node",
-            ),
+            child_runs_node({fold: fold for fold in folds}, "cross_validation_fold_runs"),
         ]
     )
     return Pipeline(

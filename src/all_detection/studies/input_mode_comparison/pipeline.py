@@ -6,7 +6,7 @@ from kedro.pipeline import Node, Pipeline
 
 from all_detection.layout import INPUT_MODES
 from all_detection.pipelines import augmentation, ingestion, preprocessing
-from all_detection.studies import child_runs, model_run, variant
+from all_detection.studies import child_runs_node, model_run, variant
 
 from .nodes import compare_input_modes, plot_input_modes
 
@@ -44,12 +44,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="input_mode_comparison_figure",
                 name="plot_input_modes_node",
             ),
-            Node(
-                child_runs,
-                inputs={mode: f"{mode}_input.mlflow_run" for mode in INPUT_MODES},
-                outputs="input_mode_runs",
-                name="input_mode_runs_node",
-            ),
+            child_runs_node({mode: f"{mode}_input" for mode in INPUT_MODES}, "input_mode_runs"),
         ]
     )
     return Pipeline(

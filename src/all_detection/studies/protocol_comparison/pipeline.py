@@ -4,7 +4,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from all_detection.pipelines import augmentation, ingestion, preprocessing
-from all_detection.studies import child_runs, model_run, variant
+from all_detection.studies import child_runs_node, model_run, variant
 
 from .nodes import (
     PROTOCOLS,
@@ -77,12 +77,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="protocol_comparison_metrics",
                 name="protocol_comparison_metrics_node",
             ),
-            Node(
-                child_runs,
-                inputs={name: f"{name}.mlflow_run" for name in PROTOCOLS},
-                outputs="protocol_runs",
-                name="protocol_runs_node",
-            ),
+            child_runs_node({name: name for name in PROTOCOLS}, "protocol_runs"),
         ]
     )
     return Pipeline([data, paper_split, paper, leakage_free, comparison], tags="protocol_comparison")
