@@ -54,6 +54,15 @@ class ParameterCheckHooks:
         check_paths(parameters, sections_read(pipeline))
         check_fold_count(parameters, pipeline)
 
+    # Once the run is over, pipelines built in this process (a notebook, a test) follow conf again.
+    @hook_impl
+    def after_pipeline_run(self, **kwargs: Any) -> None:
+        remember_run_parameters(None)
+
+    @hook_impl
+    def on_pipeline_error(self, **kwargs: Any) -> None:
+        remember_run_parameters(None)
+
 
 class RunEndingHooks:
     """An interrupted run is recorded as one: on Ctrl-C (SIGINT) or SIGTERM the open MLflow runs are

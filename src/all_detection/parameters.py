@@ -294,7 +294,7 @@ def check_paths(parameters: dict[str, Any], reads: set[str]) -> None:
 _run_parameters: dict[str, Any] | None = None
 
 
-def remember_run_parameters(parameters: dict[str, Any]) -> None:
+def remember_run_parameters(parameters: dict[str, Any] | None) -> None:
     global _run_parameters  # noqa: PLW0603 - one run per process at a time, as Kedro runs them
     _run_parameters = parameters
 
