@@ -35,7 +35,6 @@ from typing import Any
 import keras
 import numpy as np
 import pandas as pd
-from kedro.config import OmegaConfigLoader
 
 from all_detection.core.augmenter import count_views, plan_views, render_views
 from all_detection.core.hardware import hardware_setup, sized_for_device
@@ -50,7 +49,7 @@ from all_detection.core.model import (
 )
 from all_detection.core.training import fit_cached
 from all_detection.layout import CLASSES
-from all_detection.settings import CONFIG_LOADER_ARGS
+from all_detection.parameters import project_parameters
 from all_detection.studies import pooled_images, pooled_index
 from all_detection.studies.cross_validation.nodes import assign_folds, fold_splits
 
@@ -64,7 +63,7 @@ BATCH = 16
 
 def parameters() -> dict[str, Any]:
     """The project's base parameters through Kedro's config loader, as `kedro run` sees them."""
-    return OmegaConfigLoader(str(PROJECT / "conf"), env="base", **CONFIG_LOADER_ARGS)["parameters"]
+    return project_parameters(PROJECT, "base")
 
 
 def cache(weights: str) -> None:

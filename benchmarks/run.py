@@ -24,7 +24,6 @@ from typing import Any
 
 import keras
 import numpy as np
-from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
@@ -43,11 +42,10 @@ from all_detection.core.model import (
 from all_detection.core.training import extract_features
 from all_detection.datasets import NumpyArrayDataset
 from all_detection.layout import CLASSES
-from all_detection.parameters import parameter_feed
+from all_detection.parameters import parameter_feed, project_parameters
 from all_detection.pipelines import augmentation, ingestion, preprocessing
 from all_detection.pipelines.inference.nodes import load_classifier, scan_inference_folder, score_images
 from all_detection.pipelines.training.nodes import cache_base_features, train_classifier
-from all_detection.settings import CONFIG_LOADER_ARGS
 from all_detection.synthetic import render_smear, write_synthetic_dataset
 
 SPLIT_STACKS = ["train_images", "train_index", "val_images", "val_index"]
@@ -61,8 +59,7 @@ REAL_IMAGES = 3256
 def parameters() -> dict[str, Any]:
     """The project's base parameters, as `kedro run` would see them (Kedro's config loader, the
     project's settings)."""
-    loader = OmegaConfigLoader(str(PROJECT / "conf"), env="base", **CONFIG_LOADER_ARGS)
-    return loader["parameters"]
+    return project_parameters(PROJECT, "base")
 
 
 def run_stages(

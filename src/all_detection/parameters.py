@@ -228,6 +228,23 @@ def parameter_feed(parameters: dict[str, Any]) -> dict[str, Any]:
     return fed
 
 
+def project_parameters(
+    project: Path, env: str | None = None, runtime_params: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The parameters of the project at `project` as a run in `env` sees them (base, then `env` or the
+    default run environment), `runtime_params` applied as `--params` would: Kedro's config loader with
+    the project's settings (merge strategy, the `merge` resolver), for code outside a Kedro session."""
+    from kedro.config import OmegaConfigLoader  # noqa: PLC0415
+
+    from all_detection import settings  # noqa: PLC0415 - the settings import this module
+
+    conf_source = project / getattr(settings, "CONF_SOURCE", "conf")
+    loader = OmegaConfigLoader(
+        str(conf_source), env=env, runtime_params=runtime_params, **settings.CONFIG_LOADER_ARGS
+    )
+    return loader["parameters"]
+
+
 def merged_config(*sections: Any) -> Any:
     """The OmegaConf resolver `merge`: the sections deep-merged, later keys replacing earlier ones."""
     from omegaconf import OmegaConf  # noqa: PLC0415 - only the config loader calls it

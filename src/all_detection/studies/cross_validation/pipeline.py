@@ -11,13 +11,11 @@ it starts (`all_detection.parameters.check_fold_count`).
 import os
 from pathlib import Path
 
-from kedro.config import OmegaConfigLoader
 from kedro.pipeline import Node, Pipeline
 from kedro.utils import find_kedro_project
 
-from all_detection import settings as project_settings
 from all_detection.layout import SPLITS, fold_names
-from all_detection.parameters import run_parameters
+from all_detection.parameters import project_parameters, run_parameters
 from all_detection.pipelines import augmentation, ingestion, preprocessing
 from all_detection.studies import child_runs_node, model_run, variant
 
@@ -44,11 +42,7 @@ def configured_folds(project_path: Path | None = None) -> int:
             "The cross_validation pipeline reads its number of folds from the project's conf/: run Kedro "
             "from inside the project folder"
         )
-    conf_source = getattr(project_settings, "CONF_SOURCE", "conf")
-    loader = OmegaConfigLoader(
-        str(project / conf_source), env=os.environ.get("KEDRO_ENV"), **project_settings.CONFIG_LOADER_ARGS
-    )
-    return int(loader["parameters"]["cross_validation"]["folds"])
+    return int(project_parameters(project, os.environ.get("KEDRO_ENV"))["cross_validation"]["folds"])
 
 
 def fold_run(fold: str) -> Pipeline:
