@@ -20,7 +20,7 @@ import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
-from all_detection.layout import OK, QUARANTINED, usable_originals
+from all_detection.layout import OK, QUARANTINED, SPLITS, usable_originals
 from all_detection.parameters import (
     check_fold_count,
     check_parameters,
@@ -309,9 +309,7 @@ def run_summary(seen: dict[str, Any], paths: dict[str, str], run: tuple[str, str
     quality = seen.get("data_quality")
     if quality:
         files, per_class = quality["files"], quality["images_per_class_and_split"]
-        sizes = {
-            split: sum(counts[split] for counts in per_class.values()) for split in ("train", "val", "test")
-        }
+        sizes = {split: sum(counts[split] for counts in per_class.values()) for split in SPLITS}
         lines.append(
             f"  Files: {files['total']} found (Original and Segmented), {files['ok']} readable, "
             f"{files['quarantined']} quarantined; images split train {sizes['train']}, validation "

@@ -7,18 +7,15 @@ who wants these messages back sets the variable, warning filter or logger level 
 
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
 # Messages from the libraries that report no fault of this project's: Kedro's and kedro-mlflow's own
 # deprecations, MLflow asking kedro-mlflow's PythonModel for type hints at import, and MLflow failing
 # to import its TensorFlow autologging while kedro-mlflow switches autologging off (it stays off).
-KNOWN_NOISE = (
-    r"register_new_resolver\(\) is deprecated",
-    r".*Add type hints to the `predict` method",
-)
-KNOWN_NOISE_IN_LOGS = ("register_new_resolver() is deprecated", "Add type hints to the `predict` method",
-                       "while enabling autologging")  # fmt: skip
+KNOWN_WARNINGS = ("register_new_resolver() is deprecated", "Add type hints to the `predict` method")
+KNOWN_NOISE_IN_LOGS = (*KNOWN_WARNINGS, "while enabling autologging")
 
 
 class _KnownNoise(logging.Filter):
@@ -33,8 +30,8 @@ def silence_known_noise() -> None:
     # messages show. (Two informational lines it prints before its logging starts cannot be hidden.)
     if not any(Path("/dev").glob("nvidia*")):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    for message in KNOWN_NOISE:
-        warnings.filterwarnings("ignore", message=message, category=UserWarning)
+    for message in KNOWN_WARNINGS:  # MLflow colours its message: match it anywhere, not at the start
+        warnings.filterwarnings("ignore", message=f".*{re.escape(message)}", category=UserWarning)
     # MLflow shows its type-hint warning under its own "once" filter, which outranks any filter set
     # here; Kedro logs warnings through `py.warnings`, where this filter drops it.
     for name in ("py.warnings", "mlflow.tracking.fluent"):
