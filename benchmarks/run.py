@@ -40,11 +40,11 @@ from all_detection.core.model import (
     one_hot,
 )
 from all_detection.core.training import extract_features
-from all_detection.datasets import NumpyArrayDataset
+from all_detection.datasets import ImageFolderDataset, KerasModelDataset, NumpyArrayDataset
 from all_detection.layout import CLASSES
 from all_detection.parameters import parameter_feed, project_parameters
 from all_detection.pipelines import augmentation, ingestion, preprocessing
-from all_detection.pipelines.inference.nodes import load_classifier, scan_inference_folder, score_images
+from all_detection.pipelines.inference.nodes import scan_inference_folder, score_images
 from all_detection.pipelines.training.nodes import cache_base_features, train_classifier
 from all_detection.synthetic import render_smear, write_synthetic_dataset
 
@@ -71,6 +71,7 @@ def run_stages(
 
     fed = parameter_feed(params)
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in fed.items()})
+    catalog["raw_images"] = ImageFolderDataset(params["dataset"]["root"])
     for name in outputs:
         catalog[name] = (
             ParquetDataset(filepath=str(folder / f"{name}.parquet"))
@@ -212,22 +213,15 @@ def inference_throughput(folder: Path, count: int, params: dict[str, Any], weigh
         Image.fromarray(image).save(folder / f"smear-{number:05d}.jpg", quality=90)
     base, _ = build_base(size, weights, random_fallback=True)
     extractor = build_feature_extractor(base, 3, "imagenet")
-    model_path = folder.parent / "model.keras"
-    assemble_classifier(extractor, build_head(extractor.output_shape[1:], params["model"]["head"])).save(
-        model_path
-    )
-    inference = {
-        **params["inference"],
-        "input_dir": str(folder),
-        "model_path": str(model_path),
-        "model_uri": None,
-    }
-    classifier = load_classifier(inference)
-    score_images(scan_inference_folder(inference, params["ingestion"])[:4], classifier, inference,
-                 params["preprocessing"], params["ingestion"])  # fmt: skip
+    model = KerasModelDataset(str(folder.parent / "model.keras"))
+    head = build_head(extractor.output_shape[1:], params["model"]["head"])
+    model.save(assemble_classifier(extractor, head))
+    classifier, images = model.load(), ImageFolderDataset(str(folder)).load()
+    settings = [params["inference"], params["preprocessing"], params["ingestion"]]
+    score_images(scan_inference_folder(images, params["ingestion"])[:4], images, classifier, *settings)
     started = time.perf_counter()
-    files = scan_inference_folder(inference, params["ingestion"])
-    predictions = score_images(files, classifier, inference, params["preprocessing"], params["ingestion"])
+    files = scan_inference_folder(images, params["ingestion"])
+    predictions = score_images(files, images, classifier, *settings)
     seconds = time.perf_counter() - started
     assert (predictions["status"] == "ok").all()
     return count / seconds

@@ -38,10 +38,13 @@ def copy_project(project: Path) -> Path:
     return project
 
 
-def run_in_process(pipeline: Pipeline, parameters: dict[str, Any]) -> dict[str, Any]:
-    """`pipeline` run by Kedro's runner on in-memory data, fed `parameters` as a Kedro context feeds
-    them; its free outputs (ask for one with `pipeline.to_outputs(name)`)."""
-    fed = parameter_feed(parameters)
+def run_in_process(
+    pipeline: Pipeline, parameters: dict[str, Any], data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """`pipeline` run by Kedro's runner on in-memory data: its `data` inputs (`raw_images`...), fed
+    `parameters` as a Kedro context feeds them; its free outputs (ask for one with
+    `pipeline.to_outputs(name)`)."""
+    fed = {**parameter_feed(parameters), **(data or {})}
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in fed.items()})
     return {name: dataset.load() for name, dataset in SequentialRunner().run(pipeline, catalog).items()}
 

@@ -1,13 +1,20 @@
-"""The project's numpy catalog dataset: saved whole, loaded memory-mapped, pages released after reading."""
+"""The project's catalog datasets: numpy stacks saved whole, loaded memory-mapped, pages released after
+reading; image folders read without following links and written only where nobody else's files are."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
+import pytest
+from kedro.io import DatasetError
 
 from all_detection.core.arrays import release_pages, scratch_array
-from all_detection.datasets import NumpyArrayDataset
+from all_detection.datasets import ImageFolderDataset, NumpyArrayDataset
+from all_detection.image_io import SYMBOLIC_LINK, UnusableImage
+from all_detection.synthetic import synthetic_files, write_synthetic_dataset
+
+LIMITS = {"min_side_px": 32, "max_pixels": 40_000_000, "max_file_mb": 100}
 
 
 def resident_file_kb() -> int:
@@ -71,3 +78,48 @@ def test_empty_and_scalar_arrays_are_saved_too(tmp_path):
     assert dataset.load().shape == (0,)
     dataset.save(np.float32(3.5))
     assert dataset.load() == np.float32(3.5)
+
+
+def test_an_image_folder_lists_and_reads_without_following_links(tmp_path):
+    root, outside = tmp_path / "images", tmp_path / "outside"
+    write_synthetic_dataset(outside, per_class=1, image_size=48, seed=1)
+    write_synthetic_dataset(root, per_class=1, image_size=48, seed=2)
+    (root / "Original" / "linked").symlink_to(outside / "Original" / "Pro")
+    (root / "Original" / "Pro" / "link.jpg").symlink_to(next((outside / "Original" / "Pro").iterdir()))
+    folder = ImageFolderDataset(str(root)).load()
+    listed = {str(path) for path in folder.files()}
+    assert {"Original/linked", "Original/Pro/link.jpg"} <= listed
+    assert not any(path.startswith("Original/linked/") for path in listed)
+    ok = "Original/Pro/WBC-Malignant-Pro-001.jpg"
+    assert folder.read_rgb(ok, LIMITS).shape == (48, 48, 3)
+    for linked in ("Original/Pro/link.jpg", "Original/linked/WBC-Malignant-Pro-001.jpg"):
+        with pytest.raises(UnusableImage, match="symbolic link"):
+            folder.read_rgb(linked, LIMITS)
+    assert folder.inspect(PurePosixPath("Original/Pro/link.jpg"), LIMITS)["reason"] == SYMBOLIC_LINK
+
+
+def test_an_image_folder_is_written_only_where_nobody_else_s_files_are(tmp_path):
+    files = synthetic_files(per_class=1, image_size=48, seed=3)
+    target = ImageFolderDataset(str(tmp_path / "demo"))
+    assert target.writable() is None and not target.exists()
+    target.save(files)
+    written = {path.relative_to(tmp_path / "demo").as_posix(): path.read_bytes()
+               for path in (tmp_path / "demo").rglob("*") if path.is_file()}  # fmt: skip
+    assert written == files and target.exists()
+    stamp = (tmp_path / "demo" / next(iter(files))).stat().st_mtime_ns
+    target.save(files)  # the same content again: nothing is rewritten
+    assert (tmp_path / "demo" / next(iter(files))).stat().st_mtime_ns == stamp
+    target.save({"Original/Pro/one.jpg": b"new"})  # other content replaces the whole folder
+    assert [path.name for path in (tmp_path / "demo").rglob("*.*")] == ["one.jpg"]
+
+    theirs = tmp_path / "theirs"
+    (theirs / "Original").mkdir(parents=True)
+    (theirs / "Original" / "x.jpg").write_bytes(b"someone's")
+    refused = ImageFolderDataset(str(theirs))
+    assert "was not written by this project" in refused.writable()
+    with pytest.raises(DatasetError, match="was not written by this project"):
+        refused.save(files)
+    assert [path.name for path in theirs.rglob("*.*")] == ["x.jpg"]
+    with pytest.raises(DatasetError, match="not a path inside the folder"):
+        ImageFolderDataset(str(tmp_path / "new")).save({"../escape.jpg": b"x"})
+    assert not (tmp_path / "escape.jpg").exists()

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from kedro.io import DataCatalog
 
-from all_detection.parameters import ParameterError, check_parameters, check_paths, sections_read
-from all_detection.pipelines.inference.pipeline import create_pipeline as inference_pipeline
-from all_detection.pipelines.ingestion.pipeline import create_pipeline as ingestion_pipeline
+from all_detection.datasets import ImageFolderDataset, KerasModelDataset
+from all_detection.parameters import ParameterError, check_parameters, check_sources
+from all_detection.pipelines import demo, inference, ingestion, training
 from tests.configuration import configured_parameters
 from tests.projects import run_session
 
@@ -64,22 +65,56 @@ def test_a_multiplier_below_one_for_one_class_is_named():
         check_parameters(parameters)
 
 
-def test_paths_are_checked_only_for_the_sections_a_pipeline_reads(tmp_path: Path):
+def sources(parameters: dict, project: Path) -> DataCatalog:
+    """The catalog's image folders and model where `parameters` say they are, as conf makes them."""
+    return DataCatalog(
+        {
+            "raw_images": ImageFolderDataset(parameters["dataset"]["root"]),
+            "inference_images": ImageFolderDataset(parameters["inference"]["input_dir"]),
+            "model": KerasModelDataset(
+                str(project / "data/06_models/model.keras"), parameters["inference"]["model_uri"]
+            ),
+        }
+    )
+
+
+def test_the_folders_and_files_a_pipeline_uses_are_checked_before_it_runs(tmp_path: Path):
     parameters = with_value(configured_parameters(), "dataset.root", str(tmp_path / "missing"))
     parameters = with_value(parameters, "model.base_weights", str(tmp_path / "missing.h5"))
     parameters = with_value(parameters, "inference.input_dir", str(tmp_path / "nothing"))
-    assert sections_read(ingestion_pipeline()) >= {"dataset"}
+    catalog = sources(parameters, tmp_path)
+    everything = ingestion.create_pipeline() + training.create_pipeline() + inference.create_pipeline()
     with pytest.raises(ParameterError) as raised:
-        check_paths(parameters, {"dataset", "model", "inference"})
+        check_sources(parameters, everything, catalog, tmp_path)
     assert [problem.split(" = ")[0] for problem in raised.value.problems] == [
-        "dataset.root", "model.base_weights", "inference.input_dir",
+        "dataset.root", "inference.input_dir", "model.base_weights",
     ]  # fmt: skip
-    check_paths(parameters, set())  # a pipeline that reads none of them is not stopped
-    assert "dataset" not in sections_read(inference_pipeline())
-    # The demo writes its own dataset, and falls back to a random base without weights.
-    demo = with_value(with_value(parameters, "demo", {"synthetic_dataset": {"per_class": 2}}),
-                      "model.random_weights_fallback", True)  # fmt: skip
-    check_paths(demo, {"dataset", "model"})
+    # Inference alone needs its folder and a model: the trained file, or an MLflow model instead.
+    with pytest.raises(ParameterError) as raised:
+        check_sources(parameters, inference.create_pipeline(), catalog, tmp_path)
+    assert [problem.split(" = ")[0][:19] for problem in raised.value.problems] == [
+        "inference.input_dir", "no trained model at",
+    ]  # fmt: skip
+    (tmp_path / "nothing").mkdir()
+    scoring = with_value(parameters, "inference.model_uri", "models:/all_detection@champion")
+    check_sources(scoring, inference.create_pipeline(), sources(scoring, tmp_path), tmp_path)
+    # ...which a run that trains its own model refuses.
+    with pytest.raises(ParameterError, match=r"model_uri = 'models:/all_detection@champion': this run"):
+        check_sources(scoring, training.create_pipeline(), sources(scoring, tmp_path), tmp_path)
+    # The demo writes its own dataset into a new folder, and falls back to a random base without weights.
+    demo_run = with_value(parameters, "model.random_weights_fallback", True)
+    check_sources(demo_run, demo.create_pipeline() + ingestion.create_pipeline(), catalog, tmp_path)
+
+
+def test_a_folder_set_in_the_parameters_but_not_the_catalog_is_refused(tmp_path: Path):
+    """dataset.root lives in globals.yml, which the catalog and the parameters both read: set in a
+    parameters file alone, the catalog would read another folder than the one MLflow records."""
+    (tmp_path / "ALL").mkdir()
+    parameters = with_value(configured_parameters(), "dataset.root", str(tmp_path / "ALL"))
+    catalog = sources(with_value(parameters, "dataset.root", "data/01_raw/ALL"), tmp_path)
+    with pytest.raises(ParameterError, match=r"the catalog's raw_images reads '.*data/01_raw/ALL'.*globals"):
+        check_sources(parameters, ingestion.create_pipeline(), catalog, tmp_path)
+    check_sources(parameters, ingestion.create_pipeline(), sources(parameters, tmp_path), tmp_path)
 
 
 def test_a_run_with_a_bad_parameter_stops_before_any_node_or_mlflow_run(project_copy: Path):

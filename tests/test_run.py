@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
-from all_detection.hooks import DemoFolderError
 from all_detection.parameters import ParameterError
 from tests.projects import run_session
 
@@ -123,23 +122,30 @@ def test_demo_set_is_deterministic_and_not_rewritten(project_copy: Path):
     first_bytes, first_time = image.read_bytes(), image.stat().st_mtime_ns
     run_session(project_copy, env="demo", **SMALL_DEMO)
     assert image.stat().st_mtime_ns == first_time
-    (project_copy / "data/01_raw/demo_ALL.synthetic.json").unlink()
-    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+    # Without the record of what the demo wrote there, the folder could be anybody's: never written to.
+    (project_copy / "data/01_raw/demo_ALL.contents.json").unlink()
+    with pytest.raises(ParameterError, match=r"was not written by this project.*leave out --env demo"):
         run_session(project_copy, env="demo", **SMALL_DEMO)
+    assert image.stat().st_mtime_ns == first_time
     (project_copy / "data/01_raw/demo_ALL").rename(project_copy / "data/01_raw/elsewhere")
     run_session(project_copy, env="demo", **SMALL_DEMO)
     assert image.read_bytes() == first_bytes
+    # Another recipe replaces the whole set, files of the old one included.
+    run_session(project_copy, env="demo", demo={"synthetic_dataset": {"per_class": 2, "image_size": 48}})
+    assert not image.exists() and len(list((project_copy / "data/01_raw/demo_ALL").rglob("*.jpg"))) == 16
 
 
-@pytest.mark.parametrize("exists", [True, False])
-def test_the_demo_never_writes_or_reads_a_folder_other_than_its_own(project_copy: Path, exists: bool):
+def test_the_demo_never_writes_into_a_folder_it_did_not_make(project_copy: Path):
     other = project_copy / "my_images"
-    if exists:
-        (other / "Original").mkdir(parents=True)
-    with pytest.raises(DemoFolderError, match="leave out --env demo"):
+    (other / "Original" / "Pro").mkdir(parents=True)
+    (other / "Original" / "Pro" / "mine.jpg").write_bytes(b"someone's image")
+    with pytest.raises(ParameterError, match="leave out --env demo"):
         run_session(project_copy, env="demo", dataset={"root": str(other)}, **SMALL_DEMO)
-    assert (other.exists(), list(other.rglob("*.jpg"))) == (exists, [])
+    assert [path.name for path in other.rglob("*.*")] == ["mine.jpg"]
     assert not (project_copy / "data" / "02_intermediate").exists()
+    # A new folder is the demo's own to fill.
+    run_session(project_copy, env="demo", dataset={"root": str(project_copy / "new_demo")}, **SMALL_DEMO)
+    assert len(list((project_copy / "new_demo").rglob("*.jpg"))) == 80
 
 
 def test_ingestion_of_a_defective_folder_keeps_every_file_and_quarantines_only_bad_ones(

@@ -181,3 +181,9 @@ def test_kedro_viz_builds_a_static_site_showing_every_pipeline(project: Path):
         assert graph["layers"] == layers, study
         tasks = [node for node in graph["nodes"] if node["type"] == "task"]
         assert tasks and all(node["tags"] for node in tasks)
+    # The image folders are datasets like any other: in the raw layer, feeding the nodes that read them.
+    for pipeline, folder in (("__default__", "raw_images"), ("inference", "inference_images")):
+        graph = json.loads((project / f"build/api/pipelines/{pipeline}").read_text())
+        (node,) = [node for node in graph["nodes"] if node["name"] == folder]
+        assert node["type"] == "data" and node["layer"] == "raw", node
+        assert any(edge["source"] == node["id"] for edge in graph["edges"])

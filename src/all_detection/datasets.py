@@ -1,10 +1,18 @@
-"""Catalog datasets kedro-datasets and kedro-mlflow lack: numpy arrays stored as `.npy` and loaded
-memory-mapped, and MLflow child runs nested under the run kedro-mlflow opened."""
+"""Catalog datasets kedro-datasets and kedro-mlflow lack: a folder of images read without following
+links, numpy arrays stored as `.npy` and loaded memory-mapped, and MLflow child runs nested under the
+run kedro-mlflow opened."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import mlflow
@@ -13,6 +21,181 @@ from kedro.io import AbstractDataset, DatasetError
 from mlflow.entities import Metric
 
 from all_detection.core.arrays import release_pages
+from all_detection.image_io import ImageFolder
+from all_detection.parameters import HOW_TO_GET_A_MODEL
+
+logger = logging.getLogger(__name__)
+
+
+class ImageFolderDataset(AbstractDataset[dict[str, bytes], ImageFolder]):
+    """A folder of image files in any layout, as `all_detection.image_io.ImageFolder`: its files listed
+    and read without following links, each judged and decoded through the one gate with the run's
+    limits (the `ingestion` parameters). Loading reads nothing yet: nodes read the files they need.
+
+    Saving writes a whole folder from `{relative posix path: file bytes}` (the demo's synthetic set):
+    only into a new folder or one this dataset wrote before (a `<folder>.contents.json` beside it, not
+    inside it where it would be counted, records what it wrote), so nobody's images are ever
+    overwritten. The same content again changes nothing; new content is written beside the folder and
+    swapped in, under a lock, so a concurrent run never sees half a folder.
+
+    Example catalog entry::
+
+        raw_images:
+          type: all_detection.datasets.ImageFolderDataset
+          path: data/01_raw/ALL
+    """
+
+    def __init__(self, path: str, metadata: dict[str, Any] | None = None):
+        self._path = Path(path)
+        self.metadata = metadata
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def load(self) -> ImageFolder:
+        return ImageFolder(self._path)
+
+    def writable(self) -> str | None:
+        """Why saving here would be refused (the folder holds files this dataset did not write), or None."""
+        # Before this dataset, the demo's hook recorded its recipe beside the folder it wrote.
+        earlier_record = self._path.with_name(f"{self._path.name}.synthetic.json")
+        if self._path.exists() and not (self._contents_file.exists() or earlier_record.exists()):
+            return (
+                f"'{self._path}' exists and was not written by this project, so it is never written to "
+                "(someone's images?)"
+            )
+        return None
+
+    def save(self, data: dict[str, bytes]) -> None:
+        refusal = self.writable()
+        if refusal:
+            raise DatasetError(f"{refusal}; write to a new folder instead.")
+        outside = [path for path in map(PurePosixPath, data) if path.is_absolute() or ".." in path.parts]
+        if outside:
+            raise DatasetError(f"{outside[:3]} is not a path inside the folder")
+        contents = {path: hashlib.sha256(content).hexdigest() for path, content in sorted(data.items())}
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        with self._path.with_name(f"{self._path.name}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            unchanged = self._contents_file.exists() and self._path.is_dir()
+            if unchanged and json.loads(self._contents_file.read_text()) == contents:
+                return
+            incoming = self._path.with_name(f".{self._path.name}.partial-{os.getpid()}")
+            shutil.rmtree(incoming, ignore_errors=True)
+            for relative, content in data.items():
+                target = incoming / PurePosixPath(relative)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(content)
+            # The record goes first: a crash between the two steps leaves a folder this dataset may replace.
+            self._contents_file.write_text(json.dumps(contents, indent=1))
+            if self._path.exists():
+                shutil.rmtree(self._path)
+            incoming.rename(self._path)
+
+    @property
+    def _contents_file(self) -> Path:
+        return self._path.with_name(f"{self._path.name}.contents.json")
+
+    def _exists(self) -> bool:
+        return self._path.is_dir()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"path": str(self._path)}
+
+
+class KerasModelDataset(AbstractDataset[Any, Any]):
+    """A Keras 3 model in a `.keras` file, loaded in safe mode with the project's custom layers
+    registered; or, when `model_uri` is set, loaded from that MLflow model (or any artifact URI or
+    local path) instead, for runs that score a model rather than train one.
+
+    An MLflow model is downloaded to a temporary folder and the one `.keras` file inside it loaded;
+    for the project's registered pyfunc models that is the file the pyfunc serves, so both sources give
+    the same Keras model. Saving writes the file beside its place and renames it there, so an
+    interrupted save never leaves half a model; it always writes `filepath`, never the MLflow model.
+    A model that cannot be found or read fails with a message saying how to get one.
+
+    Example catalog entry::
+
+        model:
+          type: all_detection.datasets.KerasModelDataset
+          filepath: data/06_models/model.keras
+          model_uri: ${runtime_params:inference.model_uri, null}
+    """
+
+    def __init__(self, filepath: str, model_uri: str | None = None, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self._model_uri = str(model_uri) if model_uri else None
+        self.metadata = metadata
+
+    @property
+    def model_uri(self) -> str | None:
+        return self._model_uri
+
+    @property
+    def filepath(self) -> Path:
+        return self._filepath
+
+    def load(self) -> Any:
+        if self._model_uri:
+            return self._load_from_mlflow(self._model_uri)
+        if not self._filepath.is_file():
+            raise DatasetError(f"No trained model at '{self._filepath}'. {HOW_TO_GET_A_MODEL}")
+        return _load_keras_file(self._filepath, str(self._filepath))
+
+    def save(self, data: Any) -> None:
+        import keras  # noqa: PLC0415 - only where models are saved or loaded
+
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._filepath.with_name(f".{self._filepath.stem}.partial.keras")
+        keras.models.save_model(data, partial)
+        partial.replace(self._filepath)
+
+    def _load_from_mlflow(self, uri: str) -> Any:
+        with tempfile.TemporaryDirectory(prefix="all_detection_model_") as folder:
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder))
+            except Exception as error:  # MLflow raises its own, OSError or requests' errors by store kind
+                raise DatasetError(
+                    f"Could not fetch the model '{uri}' from MLflow at {mlflow.get_tracking_uri()} "
+                    f"({type(error).__name__}: {error}). {HOW_TO_GET_A_MODEL}"
+                ) from None
+            if local.is_file():
+                candidates = [local] if local.suffix == ".keras" else []
+            else:
+                # A pyfunc model also carries the project's code (code_paths); its artifacts hold the model.
+                candidates = sorted(
+                    path for path in local.rglob("*.keras") if path.relative_to(local).parts[0] != "code"
+                )
+            if len(candidates) != 1:
+                found = [str(path.relative_to(local.parent)) for path in candidates]
+                raise DatasetError(
+                    f"MLflow model '{uri}' should hold exactly one .keras file; found {found or 'none'}. "
+                    f"{HOW_TO_GET_A_MODEL}"
+                )
+            return _load_keras_file(candidates[0], uri)
+
+    def _exists(self) -> bool:
+        return bool(self._model_uri) or self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "model_uri": self._model_uri}
+
+
+def _load_keras_file(path: Path, source: str) -> Any:
+    import keras  # noqa: PLC0415
+
+    import all_detection.core.model  # noqa: F401, PLC0415 - registers the custom layers before loading
+
+    try:
+        model = keras.models.load_model(path, safe_mode=True)
+    except Exception as error:  # a wrong or damaged file fails in zipfile, h5py or Keras' deserialiser
+        raise DatasetError(
+            f"'{source}' could not be loaded as a Keras model ({type(error).__name__}: {error}). "
+            f"{HOW_TO_GET_A_MODEL}"
+        ) from None
+    logger.info("Loaded model from %s: input %s", source, model.input_shape)
+    return model
 
 
 class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):

@@ -1,34 +1,30 @@
-"""Kedro hooks: parameters are checked before a run starts, the demo set is written before a run reads
-it, and every MLflow run says what it ran on."""
+"""Kedro hooks: parameters and the folders a run uses are checked before it starts, the MLflow store is
+made once however many runs start together, interrupted runs are recorded as such, and every MLflow run
+says what it ran on."""
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
-import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
-import click
 import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
 from all_detection.layout import OK, QUARANTINED, SPLITS, usable_originals
 from all_detection.parameters import (
-    check_fold_count,
     check_parameters,
-    check_paths,
+    check_pipeline_shape,
+    check_sources,
     remember_run_parameters,
-    sections_read,
 )
-from all_detection.synthetic import write_synthetic_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +32,9 @@ logger = logging.getLogger(__name__)
 class ParameterCheckHooks:
     """Refuse a run whose parameters cannot work before it does anything (`all_detection.parameters`):
     the values as soon as the project's context exists (before the pipelines, and with them
-    TensorFlow, are imported: a bad value fails in seconds), the paths its pipeline will read just
-    before it starts. Registered last, so it runs before the other hooks (before MLflow opens a run
-    or the demo set is written)."""
+    TensorFlow, are imported: a bad value fails in seconds), the folders and files its pipeline will
+    read or write just before it starts. Registered last, so it runs before the other hooks (before
+    MLflow opens a run)."""
 
     @hook_impl
     def after_context_created(self, context: Any) -> None:
@@ -51,8 +47,8 @@ class ParameterCheckHooks:
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         parameters = catalog.load("parameters")
-        check_paths(parameters, sections_read(pipeline))
-        check_fold_count(parameters, pipeline)
+        check_sources(parameters, pipeline, catalog, Path(run_params["project_path"]))
+        check_pipeline_shape(parameters, pipeline)
 
     # Once the run is over, pipelines built in this process (a notebook, a test) follow conf again.
     @hook_impl
@@ -142,57 +138,6 @@ class TrackingStoreHooks:
         with database.with_name(f"{database.name}.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             config.setup(context)
-
-
-class DemoFolderError(click.ClickException):
-    """The demo was pointed at a folder that is not its own."""
-
-
-class SyntheticDemoHooks:
-    """Generate the synthetic dataset at `dataset.root` when the parameters ask for one (`demo` env).
-
-    Nothing happens unless the parameters hold `demo.synthetic_dataset`, which only `conf/demo` sets.
-    """
-
-    @hook_impl
-    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
-        parameters = catalog.load("parameters")
-        demo = parameters.get("demo") or {}
-        if not demo.get("synthetic_dataset"):
-            return
-        own, root = str(demo.get("root", parameters["dataset"]["root"])), str(parameters["dataset"]["root"])
-        if Path(root) != Path(own):
-            raise DemoFolderError(
-                f"--env demo runs on its own synthetic set, written to demo.root ('{own}'), but dataset.root "
-                f"is '{root}'. To run on the images in '{root}', leave out --env demo; to put the demo set "
-                f'in a new folder, pass both: --params "demo.root=NEW,dataset.root=NEW".'
-            )
-        ensure_synthetic_dataset(own, demo["synthetic_dataset"])
-        logger.info("Demo: synthetic smears in %s, made by the demo generator; not real data", own)
-
-
-def ensure_synthetic_dataset(root: str | Path, recipe: dict[str, Any]) -> Path:
-    """Write the synthetic set at `root` unless the same recipe already wrote it there.
-
-    A marker file beside the folder (not inside it, where ingestion would count it) records the
-    recipe. A folder at `root` without the marker is someone's data and is never overwritten.
-    """
-    root = Path(root)
-    marker = root.with_name(f"{root.name}.synthetic.json")
-    if root.exists():
-        if not marker.exists():
-            raise FileExistsError(
-                f"'{root}' exists and was not written by the synthetic demo generator; refusing to "
-                'overwrite it. Give the demo a new folder: --params "demo.root=NEW,dataset.root=NEW".'
-            )
-        if json.loads(marker.read_text()) == recipe:
-            logger.info("Synthetic demo set already at %s (%s)", root, recipe)
-            return root
-        shutil.rmtree(root)
-    logger.info("Writing the synthetic demo set to %s (%s)", root, recipe)
-    write_synthetic_dataset(root, **recipe)
-    marker.write_text(json.dumps(recipe, indent=2, sort_keys=True))
-    return root
 
 
 class RunRecordHooks:

@@ -1,7 +1,9 @@
-"""Safe reading of image files: one gate for every file, at ingestion and inference.
+"""Safe reading of image files: one gate for every file, at ingestion, preprocessing and inference.
 
-`walk_without_following_links` lists a folder's files without entering links; `inspect_file` gives any
-file its verdict (quarantined for where or what it is, or decoded in full by `decode_rgb`).
+`ImageFolder` is a folder of images as the pipelines read it (what the catalog's raw-image datasets
+load): `walk_without_following_links` lists its files without entering links, `inspect_file` gives any
+file its verdict (quarantined for where or what it is, or decoded in full by `decode_rgb`), and
+`read_regular_file` reads one without following a link, whatever changed since it was listed.
 """
 
 from __future__ import annotations
@@ -53,11 +55,6 @@ class DecodedImage:
 def decode_limits(ingestion: dict[str, Any]) -> dict[str, int]:
     """`decode_rgb`'s limits from the `ingestion` parameters, which set them wherever a file is decoded."""
     return {"min_side": ingestion["min_side_px"], "max_pixels": ingestion["max_pixels"]}
-
-
-def read_rgb(path: Path, ingestion: dict[str, Any]) -> np.ndarray:
-    """Decode an image ingestion accepted, through the same gate and limits (the file may have changed)."""
-    return decode_rgb(path.read_bytes(), **decode_limits(ingestion)).rgb
 
 
 def decode_rgb(data: bytes, *, min_side: int = 32, max_pixels: int = 40_000_000) -> DecodedImage:
@@ -212,7 +209,9 @@ def inspect_file(
     # Reading a fifo or device would block or never end, and a link is never followed.
     if stat.S_ISREG(info.st_mode) and reason != FILE_TOO_LARGE:
         try:
-            data = (root / relative).read_bytes()
+            data = read_regular_file(root, relative)
+        except UnusableImage as changed:  # swapped for a link or a fifo since the lstat above
+            return {**record, "status": QUARANTINED, "reason": changed.reason, "detail": changed.detail}
         except OSError as error:
             return {**record, "status": QUARANTINED, "reason": UNREADABLE, "detail": str(error)}
         record["sha256"] = hashlib.sha256(data).hexdigest()
@@ -232,3 +231,56 @@ def inspect_file(
                 )
     status = OK if reason is None else QUARANTINED
     return {**record, "status": status, "reason": reason, "detail": detail}
+
+
+def read_regular_file(root: Path, relative: PurePosixPath | str) -> bytes:
+    """The bytes of the regular file at `root/relative`, or `UnusableImage` if it, or a folder on the way
+    to it below `root`, is a link (never followed) or it is not a regular file (a fifo is never read).
+
+    Opened with O_NOFOLLOW and checked on the open descriptor, so a file swapped for a link between a
+    listing and this read is refused, not followed. Other failures are the `OSError` they are.
+    """
+    relative = PurePosixPath(relative)
+    for depth in range(1, len(relative.parts)):
+        folder = root.joinpath(*relative.parts[:depth])
+        if folder.is_symlink():
+            raise UnusableImage(SYMBOLIC_LINK, f"{relative.parts[depth - 1]}/ points to {folder.readlink()}")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        descriptor = os.open(root / relative, flags)
+    except OSError as error:
+        if (root / relative).is_symlink():
+            raise UnusableImage(SYMBOLIC_LINK, f"points to {(root / relative).readlink()}") from None
+        raise error
+    with os.fdopen(descriptor, "rb") as file:
+        mode = os.fstat(file.fileno()).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnusableImage(NOT_REGULAR_FILE, stat.filemode(mode))
+        return file.read()
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """A folder of image files as the pipelines read it: listed and read without following links, each
+    file judged by `inspect_file` and decoded by `decode_rgb` with the `ingestion` parameters' limits.
+
+    What the catalog's raw-image datasets (`raw_images`, `inference_images`) load; a node keeps only
+    its paths relative to `root`, so the manifest means the same wherever the folder is.
+    """
+
+    root: Path
+
+    def files(self) -> list[PurePosixPath]:
+        """Every entry below the folder, relative and sorted (`walk_without_following_links`)."""
+        return sorted(walk_without_following_links(self.root))
+
+    def inspect(
+        self, relative: PurePosixPath, limits: dict[str, Any], known_place: bool = True
+    ) -> dict[str, Any]:
+        """One file's verdict (`inspect_file`)."""
+        return inspect_file(self.root, relative, limits, known_place)
+
+    def read_rgb(self, relative: PurePosixPath | str, limits: dict[str, Any]) -> np.ndarray:
+        """An image's pixels as RGB uint8, through the same gate and limits as its verdict (the file may
+        have changed since): `UnusableImage` if it no longer passes, `OSError` if it cannot be read."""
+        return decode_rgb(read_regular_file(self.root, relative), **decode_limits(limits)).rgb

@@ -1,7 +1,7 @@
 """One typed schema of every parameter in `conf/`, checked before a run does any work.
 
-`check_parameters` validates the values (types, ranges, choices) and `check_paths` the paths the
-pipelines about to run will read (dataset root, weights file, inference folder), so a bad
+`check_parameters` validates the values (types, ranges, choices) and `check_sources` the folders and
+files the pipelines about to run will read or write (image folders, model, weights file), so a bad
 `--params` fails in a second with a message that names the parameter, the value given and what is
 allowed, instead of minutes later inside a node. `ParameterCheckHooks` runs both at the start of
 every `kedro run`.
@@ -9,13 +9,22 @@ every `kedro run`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import click
+from kedro.utils import find_kedro_project
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from all_detection.layout import CLASSES, FOLD_PREFIX, INPUT_MODES
+
+# What a run that scores a model without one is told (the catalog's `model` says the same on load).
+HOW_TO_GET_A_MODEL = (
+    "Train one first with `kedro run` (it saves data/06_models/model.keras), or score with a saved "
+    'model: --params "inference.model_uri=models:/all_detection@champion" (or models:/all_detection/'
+    "<version>, runs:/<run id>/model, or the path of a .keras file)."
+)
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]
@@ -161,7 +170,6 @@ class CrossValidation(Section):
 
 class Inference(Section):
     input_dir: str
-    model_path: str
     model_uri: str | None
     batch_size: PositiveInt
 
@@ -277,33 +285,58 @@ def check_parameters(parameters: dict[str, Any]) -> Parameters:
         raise ParameterError(sorted(set(problems), key=problems.index)) from None
 
 
-def check_paths(parameters: dict[str, Any], reads: set[str]) -> None:
-    """The paths the run will read exist: `reads` names the parameter sections its nodes take
-    (`dataset`, `model`, `inference`). The demo environment writes its own dataset, so its root may
-    not exist yet; a weights file may be missing only where the demo falls back to a random base."""
+def check_sources(parameters: dict[str, Any], pipeline: Any, catalog: Any, project_path: Path) -> None:
+    """What the run will read exists and what it will write may be written, before any node runs: the
+    image folders it reads (`raw_images` at dataset.root, `inference_images` at inference.input_dir),
+    the folder the demo writes its synthetic set into, the model it scores with, and the weights file
+    it trains from (only the demo may fall back to a random base). A `ParameterError` lists them all.
+    Relative paths in the parameters are relative to the project, as the catalog makes them.
+    """
+    reads, writes = pipeline.inputs(), pipeline.all_outputs()
     problems = []
-    root = Path(parameters["dataset"]["root"])
-    writes_demo = bool((parameters.get("demo") or {}).get("synthetic_dataset"))
-    if "dataset" in reads and not writes_demo and not root.is_dir():
+    for name, parameter in (("raw_images", "dataset.root"), ("inference_images", "inference.input_dir")):
+        folder = catalog.get(name)
+        given = _value_at(parameters, tuple(parameter.split(".")))
+        if name not in reads | writes:
+            continue
+        if (Path(project_path) / str(given)).resolve() != folder.path.resolve():
+            problems.append(
+                f"{parameter} = {given!r}, but the catalog's {name} reads '{folder.path}': set "
+                f"{parameter} in conf/<env>/globals.yml, where both read it, or for one run with --params"
+            )
+        elif name in reads and not folder.path.is_dir():
+            problems.append(f"{parameter} = {given!r}: no such folder; {_WHAT_FOLDERS_HOLD[name]}")
+        elif name in writes and (refusal := folder.writable()):
+            problems.append(
+                f"{parameter} = {given!r}: {refusal}. --env demo writes its synthetic set into the image "
+                f"folder: to run on the images in {given!r}, leave out --env demo; to put the demo set "
+                'in a new folder, pass --params "dataset.root=NEW"'
+            )
+    model = catalog.get("model")
+    uri = parameters["inference"]["model_uri"]
+    if "model" in writes and uri:
         problems.append(
-            f"dataset.root = {str(root)!r}: no such folder; it must hold the Kaggle layout "
-            "Original/{Benign,Early,Pre,Pro}/*.jpg (README, Running on the real dataset)"
+            f"inference.model_uri = {uri!r}: this run trains the model it evaluates; leave model_uri out, or "
+            "score that model alone with --pipeline inference"
         )
-    model = parameters["model"]
-    weights = model["base_weights"]
-    local_file = weights not in (None, "null", "None", "imagenet") and not model["random_weights_fallback"]
-    if "model" in reads and local_file and not Path(weights).expanduser().is_file():
+    elif "model" in reads and not uri and not model.filepath.is_file():
+        problems.append(f"no trained model at '{model.filepath}'. {HOW_TO_GET_A_MODEL}")
+    weights, fallback = parameters["model"]["base_weights"], parameters["model"]["random_weights_fallback"]
+    local_file = weights not in (None, "null", "None", "imagenet") and not fallback
+    if "model" in sections_read(pipeline) and local_file and not Path(weights).expanduser().is_file():
         problems.append(
             f"model.base_weights = {weights!r}: no such file; pass a local "
             "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5, imagenet (downloads it) or null"
         )
-    inference = parameters["inference"]
-    if "inference" in reads and not Path(inference["input_dir"]).is_dir():
-        problems.append(
-            f"inference.input_dir = {inference['input_dir']!r}: no such folder of images to score"
-        )
     if problems:
         raise ParameterError(problems)
+
+
+_WHAT_FOLDERS_HOLD = {
+    "raw_images": "it must hold the Kaggle layout Original/{Benign,Early,Pre,Pro}/*.jpg (README, Running on "
+    "the real dataset), or try the synthetic demo: kedro run --env demo",
+    "inference_images": "point to a folder of images to score (searched recursively, any layout)",
+}
 
 
 # The parameters of the run being set up (its environment and --params), recorded by
@@ -321,10 +354,29 @@ def run_parameters() -> dict[str, Any] | None:
     return _run_parameters
 
 
-def check_fold_count(parameters: dict[str, Any], pipeline: Any) -> None:
-    """The pipeline's cross-validation folds (namespaces `fold_1`...) are as many as
-    `cross_validation.folds` says: the count shapes the pipeline when it is registered, so a run whose
-    pipelines were registered before its parameters were known cannot honour another."""
+def shaping_parameters(project_path: Path | None = None) -> dict[str, Any] | None:
+    """The parameters that shape pipelines as they are registered (the training mode, the number of
+    folds, the demo's synthetic set): the run's own (its --env and --params) in a `kedro run`;
+    outside a run (kedro-viz, a notebook) the project's conf for KEDRO_ENV, read through Kedro's
+    config loader with the project's settings; None outside a Kedro project."""
+    parameters = run_parameters()
+    if parameters is not None:
+        return parameters
+    project = project_path or find_kedro_project(Path.cwd())
+    return None if project is None else project_parameters(project, os.environ.get("KEDRO_ENV"))
+
+
+def writes_synthetic_set(parameters: dict[str, Any] | None) -> bool:
+    """Whether the parameters ask for the demo's synthetic set in the image folder (conf/demo)."""
+    return bool(((parameters or {}).get("demo") or {}).get("synthetic_dataset"))
+
+
+def check_pipeline_shape(parameters: dict[str, Any], pipeline: Any) -> None:
+    """The pipeline has the shape the run's parameters give it: as many cross-validation folds
+    (namespaces `fold_1`...) as `cross_validation.folds` says, and the training nodes of
+    `training.mode`. Both shape the pipeline when it is registered (`shaping_parameters`), so a run
+    whose pipelines were registered before its parameters were known cannot honour other values."""
+    problems = []
     registered = {
         node.namespace.split(".")[0]
         for node in pipeline.nodes
@@ -332,13 +384,27 @@ def check_fold_count(parameters: dict[str, Any], pipeline: Any) -> None:
     }
     asked = int(parameters["cross_validation"]["folds"])
     if registered and len(registered) != asked:
+        problems.append(
+            f"cross_validation.folds = {asked}: the cross_validation pipeline was registered with "
+            f"{len(registered)} folds"
+        )
+    modes = {
+        mode for node in pipeline.nodes for mode, name in _TRAINING_NODES.items() if node.name.endswith(name)
+    }
+    mode = parameters["training"]["mode"]
+    if modes and modes != {mode}:
+        problems.append(f"training.mode = {mode!r}: the pipeline was registered for {sorted(modes)} training")
+    if problems:
         raise ParameterError(
             [
-                f"cross_validation.folds = {asked}: the cross_validation pipeline was registered with "
-                f"{len(registered)} folds, and the count shapes the pipeline; start a new session (a new "
-                "`kedro run`) with this count"
+                f"{problem}, and that shapes the pipeline; start a new session (a new `kedro run`) with it"
+                for problem in problems
             ]
         )
+
+
+# The node each training mode fits the model in (pipelines/training).
+_TRAINING_NODES = {"cached": "fit_head_node", "online": "fit_online_node"}
 
 
 def sections_read(pipeline: Any) -> set[str]:

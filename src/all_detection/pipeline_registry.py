@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from all_detection.pipelines import augmentation, evaluation, inference, ingestion, preprocessing, training
+from all_detection.parameters import shaping_parameters, writes_synthetic_set
+from all_detection.pipelines import (
+    augmentation,
+    demo,
+    evaluation,
+    inference,
+    ingestion,
+    preprocessing,
+    training,
+)
 from all_detection.studies import cross_validation, input_mode_comparison, protocol_comparison
 
 #: `kedro run` (`__default__`): the stages from the image folder to the evaluated model, in order.
@@ -31,8 +40,20 @@ ON_DEMAND = {
 }
 
 
+#: The demo's synthetic set, written into the image folder (`raw_images`). When the run's parameters
+#: ask for one (`demo.synthetic_dataset`, set by conf/demo), it comes first in every pipeline that
+#: reads the image folder, so `kedro run --env demo` makes its data and then uses it.
+DEMO = {"demo": demo}
+
+
 def register_pipelines() -> dict[str, Pipeline]:
-    """Every stage and study by name, and `__default__`: the stages, chained."""
-    pipelines = {name: module.create_pipeline() for name, module in {**STAGES, **ON_DEMAND}.items()}
+    """Every stage and study by name, the demo, and `__default__`: the stages, chained."""
+    pipelines = {name: module.create_pipeline() for name, module in {**DEMO, **STAGES, **ON_DEMAND}.items()}
     pipelines["__default__"] = sum((pipelines[name] for name in STAGES), Pipeline([]))
+    if writes_synthetic_set(shaping_parameters()):
+        synthetic_set = pipelines["demo"]
+        pipelines = {
+            name: synthetic_set + pipeline if "raw_images" in pipeline.inputs() else pipeline
+            for name, pipeline in pipelines.items()
+        }
     return pipelines

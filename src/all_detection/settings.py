@@ -13,20 +13,18 @@ from all_detection.hooks import (  # noqa: E402
     RunEndingHooks,
     RunRecordHooks,
     RunSummaryHooks,
-    SyntheticDemoHooks,
     TrackingStoreHooks,
 )
 
-# Hooks run last-in-first-out: parameters are checked first, the demo set is written and the MLflow
-# store made (under a lock) before kedro-mlflow opens its run (a demo that cannot be written leaves no
-# half-open run behind), the run is tagged once it is open, and interrupts are caught around it all.
+# Hooks run last-in-first-out: parameters and folders are checked first (a run that cannot work leaves
+# no half-open MLflow run behind), the MLflow store is made (under a lock) before kedro-mlflow opens its
+# run, the run is tagged once it is open, and interrupts are caught around it all.
 # kedro-mlflow is therefore registered here, once, instead of through its plugin entry point.
 HOOKS = (
     RunEndingHooks(),
     RunRecordHooks(),
     MlflowHook(),
     TrackingStoreHooks(),
-    SyntheticDemoHooks(),
     ParameterCheckHooks(),
     RunSummaryHooks(),
 )
@@ -37,7 +35,7 @@ CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     # An environment such as `demo` overrides single keys (`dataset.root`) without restating the rest.
-    "merge_strategy": {"parameters": "soft"},
+    "merge_strategy": {"parameters": "soft", "globals": "soft"},
     # `${merge:${preprocessing},{input_mode: masked}}`: a section as configured with some keys replaced,
     # for the studies' variants (conf/base/parameters_input_mode_comparison.yml).
     "custom_resolvers": {"merge": merged_config},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import NamedTuple
 
@@ -220,22 +221,38 @@ def segment_like_dataset(image: np.ndarray, cell_mask: np.ndarray) -> np.ndarray
     return np.where(cell_mask[..., None], image[..., ::-1], 0).astype(np.uint8)
 
 
-def write_synthetic_dataset(
-    root: str | Path, per_class: int = 40, image_size: int = 224, seed: int = 42, jpeg_quality: int = 90
-) -> dict[str, object]:
-    """Write `per_class` smears per class in the Kaggle layout, `root/Original/<class>/<prefix>-NNN.jpg`,
-    each with a Segmented twin made by the authors' threshold, and return a summary. Every image draws
-    from its own generator seeded by (seed, class, number), so the same arguments write the same bytes."""
-    root = Path(root)
+def synthetic_files(
+    per_class: int = 40, image_size: int = 224, seed: int = 42, jpeg_quality: int = 90
+) -> dict[str, bytes]:
+    """`per_class` smears per class as JPEG files in the Kaggle layout, `{"Original/<class>/<prefix>-NNN.jpg":
+    bytes}`, each with a Segmented twin made by the authors' threshold. Every image draws from its own
+    generator seeded by (seed, class, number), so the same arguments give the same bytes."""
+    files = {}
     for class_index, label in enumerate(CLASSES):
-        for folder in (ORIGINAL_DIR, SEGMENTED_DIR):
-            (root / folder / label).mkdir(parents=True, exist_ok=True)
         for number in range(1, per_class + 1):
             image, _ = render_smear(label, np.random.default_rng([seed, class_index, number]), image_size)
             segmented = segment_like_dataset(image, blast_mask(image, AUTHORS_RECIPE))
             name = f"{FILE_PREFIXES[label]}-{number:03d}.jpg"
-            Image.fromarray(image).save(root / ORIGINAL_DIR / label / name, quality=jpeg_quality)
-            Image.fromarray(segmented).save(root / SEGMENTED_DIR / label / name, quality=jpeg_quality)
+            files[f"{ORIGINAL_DIR}/{label}/{name}"] = _jpeg(image, jpeg_quality)
+            files[f"{SEGMENTED_DIR}/{label}/{name}"] = _jpeg(segmented, jpeg_quality)
+    return files
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    encoded = io.BytesIO()
+    Image.fromarray(rgb).save(encoded, format="JPEG", quality=quality)
+    return encoded.getvalue()
+
+
+def write_synthetic_dataset(
+    root: str | Path, per_class: int = 40, image_size: int = 224, seed: int = 42, jpeg_quality: int = 90
+) -> dict[str, object]:
+    """Write `synthetic_files` under `root` (for tests and benchmarks; the demo writes them through the
+    catalog) and return a summary."""
+    root = Path(root)
+    for relative, content in synthetic_files(per_class, image_size, seed, jpeg_quality).items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(content)
     return {
         "root": str(root),
         "per_class": per_class,

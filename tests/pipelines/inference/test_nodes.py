@@ -8,7 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from kedro.io import DataCatalog, MemoryDataset
+from kedro.io import DataCatalog, DatasetError, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from all_detection.core.model import (
@@ -18,14 +18,14 @@ from all_detection.core.model import (
     build_head,
     with_test_time_augmentation,
 )
-from all_detection.image_io import decode_rgb, walk_without_following_links
+from all_detection.datasets import KerasModelDataset
+from all_detection.image_io import ImageFolder, decode_rgb
 from all_detection.layout import CLASSES
 from all_detection.pipelines.evaluation.nodes import predict_split
 from all_detection.pipelines.inference import create_pipeline
 from all_detection.pipelines.inference.nodes import (
     PREDICTION_COLUMNS,
     InferenceSetupError,
-    load_classifier,
     scan_inference_folder,
     score_images,
 )
@@ -82,58 +82,27 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[s
     return root, expected
 
 
-def inference_params(root: Path, model_path: Path, **overrides) -> dict:
-    return {
-        "input_dir": str(root),
-        "model_path": str(model_path),
-        "model_uri": None,
-        "batch_size": 32,
-        **overrides,
-    }
+def load_model(path: Path, model_uri: str | None = None):
+    """The model as the catalog's `model` entry loads it."""
+    return KerasModelDataset(filepath=str(path), model_uri=model_uri).load()
+
+
+def score(root: Path, model, batch_size: int = 32, preprocessing: dict = PREPROCESSING) -> pd.DataFrame:
+    """Both inference nodes on the folder at `root`, as the pipeline chains them."""
+    folder = ImageFolder(root)
+    files = scan_inference_folder(folder, INGESTION)
+    return score_images(files, folder, model, {"batch_size": batch_size}, preprocessing, INGESTION)
 
 
 @pytest.fixture(scope="module")
 def predictions(image_folder, model_file) -> pd.DataFrame:
     root, _ = image_folder
-    inference = inference_params(root, model_file)
-    files = scan_inference_folder(inference, INGESTION)
-    return score_images(files, load_classifier(inference), inference, PREPROCESSING, INGESTION)
-
-
-def test_every_file_found_gets_exactly_one_row(image_folder, predictions):
-    root, expected = image_folder
-    assert list(predictions.columns) == PREDICTION_COLUMNS
-    assert sorted(predictions["path"]) == sorted(expected)
-    assert sorted(predictions["path"]) == sorted(str(path) for path in walk_without_following_links(root))
-    assert predictions["path"].is_unique
-
-
-def test_bad_files_are_quarantined_with_ingestions_reasons_and_good_ones_scored(image_folder, predictions):
-    _, expected = image_folder
-    verdicts = {row.path: None if pd.isna(row.reason) else row.reason for row in predictions.itertuples()}
-    assert verdicts == expected
-    assert set(predictions.loc[predictions["reason"].isna(), "status"]) == {"ok"}
-    assert set(predictions.loc[predictions["reason"].notna(), "status"]) == {"quarantined"}
-    # Linked folders are recorded, never entered.
-    assert not predictions["path"].str.contains("Linked/").any()
-
-
-def test_quarantined_rows_carry_no_prediction_and_ok_rows_a_distribution(predictions):
-    quarantined = predictions[predictions["status"] == "quarantined"]
-    assert quarantined[["predicted", *PROBABILITIES]].isna().all().all()
-    ok = predictions[predictions["status"] == "ok"]
-    assert len(ok) > 40
-    probabilities = ok[PROBABILITIES].to_numpy()
-    assert not np.isnan(probabilities).any()
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
-    assert ok["predicted"].tolist() == [CLASSES[index] for index in probabilities.argmax(axis=1)]
+    return score(root, load_model(model_file))
 
 
 def test_scores_do_not_depend_on_the_batch_size(image_folder, model_file, predictions):
     root, _ = image_folder
-    inference = inference_params(root, model_file, batch_size=5)
-    files = scan_inference_folder(inference, INGESTION)
-    in_fives = score_images(files, load_classifier(inference), inference, PREPROCESSING, INGESTION)
+    in_fives = score(root, load_model(model_file), batch_size=5)
     pd.testing.assert_frame_equal(in_fives, predictions, rtol=1e-5)
 
 
@@ -142,11 +111,8 @@ def test_inference_applies_test_time_augmentation_exactly_as_evaluation_does(
     image_folder, tta_model_file, predictions
 ):
     root, _ = image_folder
-    inference = inference_params(root, tta_model_file, batch_size=7)
-    model = load_classifier(inference)
-    scored = score_images(
-        scan_inference_folder(inference, INGESTION), model, inference, PREPROCESSING, INGESTION
-    )
+    model = load_model(tta_model_file)
+    scored = score(root, model, batch_size=7)
     ok = scored[scored["status"] == "ok"].reset_index(drop=True)
     # Evaluation's way: the same files prepared by model_input into a stack, through predict_split.
     limits = {"min_side": INGESTION["min_side_px"], "max_pixels": INGESTION["max_pixels"]}
@@ -167,16 +133,19 @@ def test_inference_applies_test_time_augmentation_exactly_as_evaluation_does(
 def test_a_file_gone_since_the_scan_is_quarantined_not_fatal(tmp_path, model_file):
     root = tmp_path / "images"
     write_defective_dataset(root)
-    inference = inference_params(root, model_file)
-    files = scan_inference_folder(inference, INGESTION)
+    folder = ImageFolder(root)
+    files = scan_inference_folder(folder, INGESTION)
     (root / "Original/Benign/WBC-Benign-001.jpg").unlink()
     (root / "Original/Benign/WBC-Benign-002.jpg").write_bytes(b"")
-    scored = score_images(files, load_classifier(inference), inference, PREPROCESSING, INGESTION).set_index(
-        "path"
-    )
+    (root / "Original/Benign/WBC-Benign-003.jpg").unlink()
+    (root / "Original/Benign/WBC-Benign-003.jpg").symlink_to(root / "Original/Benign/WBC-Benign-004.jpg")
+    scored = score_images(files, folder, load_model(model_file), {"batch_size": 4}, PREPROCESSING, INGESTION)
+    scored = scored.set_index("path")
     assert scored.loc["Original/Benign/WBC-Benign-001.jpg", "reason"] == "unreadable file"
     assert scored.loc["Original/Benign/WBC-Benign-002.jpg", "reason"] == "empty file"
     assert scored.loc["Original/Benign/WBC-Benign-002.jpg", ["predicted", *PROBABILITIES]].isna().all()
+    # Swapped for a link since the scan: refused, never followed.
+    assert scored.loc["Original/Benign/WBC-Benign-003.jpg", "reason"] == "symbolic link (not followed)"
 
 
 @pytest.mark.parametrize(
@@ -187,39 +156,31 @@ def test_a_model_trained_on_other_inputs_is_refused_before_any_file_is_read(
     image_folder, model_file, preprocessing, makes
 ):
     root, _ = image_folder
-    inference = inference_params(root, model_file)
-    files = scan_inference_folder(inference, INGESTION)
     with pytest.raises(InferenceSetupError, match=rf"takes images of shape \(32, 32, 3\).*makes {makes}"):
-        score_images(
-            files, load_classifier(inference), inference, {**PREPROCESSING, **preprocessing}, INGESTION
-        )
+        score(root, load_model(model_file), preprocessing={**PREPROCESSING, **preprocessing})
 
 
 def test_an_empty_folder_gives_an_empty_table(tmp_path, model_file):
-    inference = inference_params(tmp_path, model_file)
-    files = scan_inference_folder(inference, INGESTION)
-    scored = score_images(files, load_classifier(inference), inference, PREPROCESSING, INGESTION)
+    scored = score(tmp_path, load_model(model_file))
     assert scored.empty
     assert list(scored.columns) == PREDICTION_COLUMNS
 
 
-def test_a_missing_input_folder_stops_with_one_clear_error(tmp_path, model_file):
+def test_a_missing_input_folder_stops_with_one_clear_error(tmp_path):
     with pytest.raises(InferenceSetupError, match=r"'.*nowhere' does not exist.*inference\.input_dir="):
-        scan_inference_folder(inference_params(tmp_path / "nowhere", model_file), INGESTION)
+        scan_inference_folder(ImageFolder(tmp_path / "nowhere"), INGESTION)
 
 
 def test_a_missing_model_says_to_train_first(tmp_path):
-    with pytest.raises(
-        InferenceSetupError, match=r"No trained model at '.*model\.keras'.*kedro run.*model_uri"
-    ):
-        load_classifier(inference_params(tmp_path, tmp_path / "data/06_models/model.keras"))
+    with pytest.raises(DatasetError, match=r"No trained model at '.*model\.keras'.*kedro run.*model_uri"):
+        load_model(tmp_path / "data/06_models/model.keras")
 
 
 def test_a_damaged_model_file_is_a_clear_error(tmp_path):
     damaged = tmp_path / "model.keras"
     damaged.write_bytes(b"not a zip")
-    with pytest.raises(InferenceSetupError, match="could not be loaded as a Keras model"):
-        load_classifier(inference_params(tmp_path, damaged))
+    with pytest.raises(DatasetError, match="could not be loaded as a Keras model"):
+        load_model(damaged)
 
 
 @pytest.fixture
@@ -237,23 +198,25 @@ def tracking_store(tmp_path: Path):
 def test_a_model_is_loaded_from_an_mlflow_run(tracking_store, model_file, tmp_path):
     with mlflow.start_run(experiment_id=tracking_store) as run:
         mlflow.log_artifact(str(model_file), "model")
-    classifier = load_classifier(
-        inference_params(tmp_path, tmp_path / "absent.keras", model_uri=f"runs:/{run.info.run_id}/model")
-    )
+    classifier = load_model(tmp_path / "absent.keras", model_uri=f"runs:/{run.info.run_id}/model")
     assert classifier.input_shape == (None, 32, 32, 3)
     assert classifier.output_shape == (None, len(CLASSES))
-    with pytest.raises(InferenceSetupError, match="Could not fetch the model 'runs:/0123/model'"):
-        load_classifier(inference_params(tmp_path, tmp_path / "absent.keras", model_uri="runs:/0123/model"))
+    # A saved .keras file by its path works as well.
+    assert load_model(tmp_path / "absent.keras", model_uri=str(model_file)).input_shape == (None, 32, 32, 3)
+    with pytest.raises(DatasetError, match="Could not fetch the model 'runs:/0123/model'"):
+        load_model(tmp_path / "absent.keras", model_uri="runs:/0123/model")
 
 
-def test_the_pipeline_as_wired_passes_the_model_between_nodes(image_folder, model_file, predictions):
+def test_the_pipeline_as_wired_scores_with_the_catalog_s_model(image_folder, model_file, predictions):
     root, _ = image_folder
     parameters = {
-        "params:inference": inference_params(root, model_file),
+        "params:inference": {"batch_size": 32},
         "params:ingestion": INGESTION,
         "params:preprocessing": PREPROCESSING,
     }
     catalog = DataCatalog({name: MemoryDataset(value) for name, value in parameters.items()})
+    catalog["inference_images"] = MemoryDataset(ImageFolder(root), copy_mode="assign")
+    catalog["model"] = KerasModelDataset(filepath=str(model_file))
     catalog["predictions_of_run"] = MemoryDataset()
     SequentialRunner().run(create_pipeline(), catalog)
     # `predictions` is released once its last reader, the node keeping this run's copy, has run.

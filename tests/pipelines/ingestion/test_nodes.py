@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from all_detection import image_io
+from all_detection.image_io import ImageFolder
 from all_detection.pipelines import ingestion
 from all_detection.pipelines.ingestion.nodes import (
     CONFLICTING_LABELS,
@@ -28,8 +30,9 @@ SPLIT = {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 42}
 
 def ingest(root: Path, split: dict = SPLIT) -> pd.DataFrame:
     """The manifest the ingestion pipeline makes of `root`, run in memory as the project wires it."""
-    parameters = {"dataset": {"root": str(root)}, "ingestion": INGESTION, "split": split}
-    return run_in_process(ingestion.create_pipeline().to_outputs("manifest"), parameters)["manifest"]
+    parameters = {"ingestion": INGESTION, "split": split}
+    pipeline = ingestion.create_pipeline().to_outputs("manifest")
+    return run_in_process(pipeline, parameters, {"raw_images": ImageFolder(root)})["manifest"]
 
 
 def file_table(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
@@ -167,10 +170,10 @@ def test_split_is_stratified_seeded_and_keeps_groups_whole():
 
 def test_missing_root_and_wrong_layout_raise_one_clear_error(tmp_path):
     with pytest.raises(DatasetLayoutError, match=r"does not exist.*Original/\{Benign,Early,Pre,Pro\}"):
-        scan_image_folder({"root": str(tmp_path / "nowhere")}, INGESTION)
+        scan_image_folder(ImageFolder(tmp_path / "nowhere"), INGESTION)
     (tmp_path / "images" / "benign").mkdir(parents=True)
     with pytest.raises(DatasetLayoutError, match=r"has no class folder.*found \['images'\]"):
-        scan_image_folder({"root": str(tmp_path)}, INGESTION)
+        scan_image_folder(ImageFolder(tmp_path), INGESTION)
 
 
 def test_data_quality_counts_what_the_manifest_holds(defective_manifest):
@@ -196,15 +199,15 @@ def test_data_quality_counts_what_the_manifest_holds(defective_manifest):
 
 def test_a_file_that_cannot_be_read_is_quarantined_not_fatal(tmp_path, monkeypatch):
     write_defective_dataset(tmp_path / "ALL")
-    failing = tmp_path / "ALL/Original/Benign/WBC-Benign-001.jpg"
-    read_bytes = Path.read_bytes
+    failing = "Original/Benign/WBC-Benign-001.jpg"
+    read = image_io.read_regular_file
 
-    def read_or_fail(path: Path) -> bytes:
-        if path == failing:  # as a dying disk or a revoked network share would answer
-            raise OSError(5, "Input/output error", str(path))
-        return read_bytes(path)
+    def read_or_fail(root: Path, relative) -> bytes:
+        if str(relative) == failing:  # as a dying disk or a revoked network share would answer
+            raise OSError(5, "Input/output error", str(root / relative))
+        return read(root, relative)
 
-    monkeypatch.setattr(Path, "read_bytes", read_or_fail)
+    monkeypatch.setattr(image_io, "read_regular_file", read_or_fail)
     manifest = ingest(tmp_path / "ALL").set_index("path")
     assert manifest.loc["Original/Benign/WBC-Benign-001.jpg", "reason"] == "unreadable file"
     assert manifest.loc["Segmented/Benign/WBC-Benign-001.jpg", "reason"] == "its Original is quarantined"

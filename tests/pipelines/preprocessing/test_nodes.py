@@ -10,6 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
+from all_detection.image_io import ImageFolder
 from all_detection.pipelines.ingestion.nodes import measure_segmentation_agreement, summarise_data_quality
 from all_detection.pipelines.preprocessing.nodes import (
     plot_segmentation_examples,
@@ -153,7 +154,7 @@ def synthetic_set(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
 def test_split_stacks_align_with_their_index_and_never_share_an_image(synthetic_set):
     root, manifest = synthetic_set
     outputs = prepare_model_inputs(
-        manifest, {"root": str(root)}, {**PREPROCESSING, "image_size": 32}, INGESTION
+        manifest, ImageFolder(root), {**PREPROCESSING, "image_size": 32}, INGESTION
     )
     stacks, indexes = outputs[0::2], outputs[1::2]
     for split, stack, index in zip(("train", "val", "test"), stacks, indexes, strict=True):
@@ -176,7 +177,7 @@ def test_split_stacks_align_with_their_index_and_never_share_an_image(synthetic_
 def test_segmentation_agreement_with_the_synthetic_sets_own_masks(synthetic_set, segmentation):
     root, manifest = synthetic_set
     preprocessing = {**PREPROCESSING, "segmentation": segmentation}
-    agreement = measure_segmentation_agreement(manifest, {"root": str(root)}, preprocessing, INGESTION)
+    agreement = measure_segmentation_agreement(manifest, ImageFolder(root), preprocessing, INGESTION)
     assert set(agreement) == {"Benign", "Early", "Pre", "Pro"}
     for label in ("Benign", "Early", "Pre"):
         assert agreement[label]["n"] == 10
@@ -193,13 +194,13 @@ def test_low_agreement_is_explained(synthetic_set):
     # A band that finds nothing the dataset's masks found: agreement collapses and says why.
     nothing = {"channel_order": "rgb", "hsv_ranges": [[[60, 200, 200], [61, 255, 255]]]}
     preprocessing = {**PREPROCESSING, "segmentation": nothing}
-    agreement = measure_segmentation_agreement(manifest, {"root": str(root)}, preprocessing, INGESTION)
+    agreement = measure_segmentation_agreement(manifest, ImageFolder(root), preprocessing, INGESTION)
     assert agreement["Early"]["dice_mean"] < 0.2
     assert "our masks cover much less" in agreement["Early"]["note"]
 
 
 def test_segmentation_figure_has_four_panels_per_class(synthetic_set):
     root, manifest = synthetic_set
-    figure = plot_segmentation_examples(manifest, {"root": str(root)}, PREPROCESSING, INGESTION)
+    figure = plot_segmentation_examples(manifest, ImageFolder(root), PREPROCESSING, INGESTION)
     assert isinstance(figure, Figure)
     assert len(figure.axes) == 16

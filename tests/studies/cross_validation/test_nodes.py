@@ -18,6 +18,7 @@ from all_detection.studies.cross_validation.nodes import (
     summarise_folds,
 )
 from all_detection.studies.cross_validation.pipeline import create_pipeline
+from tests.configuration import configured_parameters
 
 
 def index(split: str, per_class: int) -> pd.DataFrame:
@@ -81,14 +82,18 @@ def test_a_fold_s_stacks_hold_its_rows_in_the_pooled_order():
 
 
 def test_the_pipeline_has_one_namespace_per_configured_fold(monkeypatch):
-    import all_detection.studies.cross_validation.pipeline as wiring  # noqa: PLC0415
+    import all_detection.parameters  # noqa: PLC0415
 
-    monkeypatch.setattr(wiring, "run_parameters", lambda: {"cross_validation": {"folds": 3}})
+    # As the parameter hook records a run's parameters before Kedro registers the pipelines.
+    three_folds = {**configured_parameters(), "cross_validation": {"folds": 3}}
+    monkeypatch.setattr(all_detection.parameters, "_run_parameters", three_folds)
     pipeline = create_pipeline()
     namespaces = {node.namespace for node in pipeline.nodes if node.namespace}
     assert namespaces == {"fold_1", "fold_2", "fold_3"}
     assert {"fold_1.metrics", "fold_3.model_card", "fold_2.confusion_matrix_figure"} <= pipeline.all_outputs()
-    monkeypatch.setattr(wiring, "run_parameters", lambda: None)  # outside a run: the project's conf
+    monkeypatch.setattr(
+        all_detection.parameters, "_run_parameters", None
+    )  # outside a run: the project's conf
     assert {node.namespace for node in create_pipeline().nodes if node.namespace} == {
         f"fold_{fold}" for fold in range(1, 6)
     }

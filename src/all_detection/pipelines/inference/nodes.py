@@ -8,42 +8,22 @@ by preprocessing's `model_input`, so a file is read and prepared exactly as the 
 from __future__ import annotations
 
 import logging
-import stat
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import click
 import keras
-import mlflow
 import numpy as np
 import pandas as pd
 
 from all_detection.core.prediction import predict_probabilities
 from all_detection.core.progress import Progress
-from all_detection.image_io import (
-    FILE_VERDICT_COLUMNS,
-    NOT_REGULAR_FILE,
-    SYMBOLIC_LINK,
-    UNREADABLE,
-    UnusableImage,
-    decode_limits,
-    decode_rgb,
-    inspect_file,
-    walk_without_following_links,
-)
+from all_detection.image_io import FILE_VERDICT_COLUMNS, UNREADABLE, ImageFolder, UnusableImage
 from all_detection.layout import CLASSES, DUAL_INPUT, OK, PROBABILITY_COLUMNS, QUARANTINED, input_channels
 from all_detection.segmentation import model_input
 
 logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["path", "status", "reason", "predicted", *PROBABILITY_COLUMNS]
-
-_HOW_TO_GET_A_MODEL = (
-    "Train one first with `kedro run` (it saves data/06_models/model.keras), point to a saved model "
-    'with --params "inference.model_path=/path/to/model.keras", or use one from MLflow with '
-    '--params "inference.model_uri=models:/all_detection/<version>".'
-)
 
 
 class InferenceSetupError(click.ClickException):
@@ -54,87 +34,31 @@ class InferenceSetupError(click.ClickException):
     """
 
 
-def scan_inference_folder(inference: dict[str, Any], ingestion: dict[str, Any]) -> pd.DataFrame:
-    """Every file under `inference["input_dir"]`, recursively, in any layout: one row each, with its verdict.
+def scan_inference_folder(inference_images: ImageFolder, ingestion: dict[str, Any]) -> pd.DataFrame:
+    """Every file in the folder to score, recursively, in any layout: one row each, with its verdict.
 
     The same walk and per-file verdict as ingestion, with its limits (`min_side_px`, `max_pixels`,
     `max_file_mb`): links are recorded and never followed, hidden and system files quarantined, every
     other file decoded in full. There are no class folders here, so no file is misplaced. Columns are
     ingestion's `FILE_VERDICT_COLUMNS`, rows sorted by path.
     """
-    root = Path(inference["input_dir"])
+    root = inference_images.root
     if not root.is_dir():
         raise InferenceSetupError(
             f"Inference input folder '{root}' does not exist or is not a folder. Point to the images "
             'to score with --params "inference.input_dir=/path/to/images" (searched recursively, '
             "any layout)."
         )
-    entries = sorted(walk_without_following_links(root))
+    entries = inference_images.files()
     logger.info("Checking %d files under %s", len(entries), root)
     if not entries:
         logger.warning("No files under %s: the predictions table will be empty", root)
     progress = Progress(logger, "checked files", len(entries))
     records = []
     for relative in entries:
-        records.append(inspect_file(root, relative, ingestion))
+        records.append(inference_images.inspect(relative, ingestion))
         progress.advance()
     return pd.DataFrame.from_records(records, columns=FILE_VERDICT_COLUMNS)
-
-
-def load_classifier(inference: dict[str, Any]) -> keras.Model:
-    """The trained Keras model: from the MLflow URI `inference["model_uri"]` when set, else `model_path`.
-
-    An MLflow URI (`models:/all_detection/3`, `runs:/<run_id>/model`, or any artifact URI) is downloaded
-    to a temporary folder and the one `.keras` file inside it loaded; for the project's registered pyfunc
-    models that is the file the pyfunc wraps, so both routes give the same Keras model and inference
-    prepares images itself, with `model_input`. Loading is in safe mode, with the project's custom layers
-    registered. A model that cannot be found or read stops the run with a message saying what to do.
-    """
-    if inference.get("model_uri"):
-        return _load_from_mlflow(str(inference["model_uri"]))
-    path = Path(inference["model_path"])
-    if not path.is_file():
-        raise InferenceSetupError(f"No trained model at '{path}'. {_HOW_TO_GET_A_MODEL}")
-    return _load_keras_file(path, str(path))
-
-
-def _load_from_mlflow(uri: str) -> keras.Model:
-    with tempfile.TemporaryDirectory(prefix="all_detection_model_") as folder:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder))
-        except Exception as error:  # MLflow raises its own, OSError or requests' errors by store kind
-            raise InferenceSetupError(
-                f"Could not fetch the model '{uri}' from MLflow at {mlflow.get_tracking_uri()} "
-                f"({type(error).__name__}: {error}). {_HOW_TO_GET_A_MODEL}"
-            ) from None
-        if local.is_file():
-            candidates = [local] if local.suffix == ".keras" else []
-        else:
-            # A pyfunc model also carries the project's code (code_paths); only its artifacts hold the model.
-            candidates = sorted(
-                path for path in local.rglob("*.keras") if path.relative_to(local).parts[0] != "code"
-            )
-        if len(candidates) != 1:
-            found = [str(path.relative_to(local.parent)) for path in candidates]
-            raise InferenceSetupError(
-                f"MLflow model '{uri}' should hold exactly one .keras file; found {found or 'none'}. "
-                f"{_HOW_TO_GET_A_MODEL}"
-            )
-        return _load_keras_file(candidates[0], uri)
-
-
-def _load_keras_file(path: Path, source: str) -> keras.Model:
-    import all_detection.core.model  # noqa: F401, PLC0415 - registers the custom layers before loading
-
-    try:
-        classifier = keras.models.load_model(path, safe_mode=True)
-    except Exception as error:  # a wrong or damaged file fails in zipfile, h5py or Keras' deserialiser
-        raise InferenceSetupError(
-            f"'{source}' could not be loaded as a Keras model ({type(error).__name__}: {error}). "
-            f"{_HOW_TO_GET_A_MODEL}"
-        ) from None
-    logger.info("Loaded model from %s: input %s", source, classifier.input_shape)
-    return classifier
 
 
 def check_model_input(classifier: keras.Model, preprocessing: dict[str, Any]) -> None:
@@ -163,6 +87,7 @@ def check_model_input(classifier: keras.Model, preprocessing: dict[str, Any]) ->
 
 def score_images(
     files: pd.DataFrame,
+    inference_images: ImageFolder,
     classifier: keras.Model,
     inference: dict[str, Any],
     preprocessing: dict[str, Any],
@@ -170,13 +95,13 @@ def score_images(
 ) -> pd.DataFrame:
     """The predictions table: one row per file scanned, with the predicted stage and each class's probability.
 
-    Usable files are read again from `inference["input_dir"]` `batch_size` at a time, so memory stays
-    bounded for any number of files, decoded by `decode_rgb` with ingestion's limits and prepared by
-    `model_input`. Columns: `path`, `status`, `reason`, `predicted` and `prob_<class>` per class (null for
-    quarantined files). A file that changed or vanished since the scan is quarantined, not fatal.
+    Usable files are read again from the folder `inference["batch_size"]` at a time, so memory stays
+    bounded for any number of files, decoded through the same gate with ingestion's limits and
+    prepared by `model_input`. Columns: `path`, `status`, `reason`, `predicted` and `prob_<class>` per
+    class (null for quarantined files). A file that changed or vanished since the scan, or was swapped
+    for a link (never followed), is quarantined, not fatal.
     """
     check_model_input(classifier, preprocessing)
-    root = Path(inference["input_dir"])
     predictions = files[["path", "status", "reason"]].reset_index(drop=True).astype("string")
     probabilities = np.full((len(predictions), len(CLASSES)), np.nan)
     usable = np.flatnonzero(predictions["status"] == OK)
@@ -186,7 +111,8 @@ def score_images(
         rows, stack = [], []
         for row in usable[start : start + batch_size]:
             try:
-                stack.append(_prepared_image(root / predictions.at[row, "path"], preprocessing, ingestion))
+                rgb = inference_images.read_rgb(predictions.at[row, "path"], ingestion)
+                stack.append(model_input(rgb, preprocessing)[0])
                 rows.append(row)
             except UnusableImage as unusable:
                 predictions.loc[row, ["status", "reason"]] = [QUARANTINED, unusable.reason]
@@ -207,16 +133,6 @@ def keep_this_run(predictions: pd.DataFrame) -> pd.DataFrame:
     """The same table, for the catalog's versioned copy (`predictions_of_run`): every inference run's
     predictions are kept, one file per run, while `predictions.csv` holds the latest."""
     return predictions
-
-
-def _prepared_image(path: Path, preprocessing: dict[str, Any], ingestion: dict[str, Any]) -> np.ndarray:
-    mode = path.lstat().st_mode
-    # Checked again: a file swapped for a link or a fifo since the scan is still never followed or read.
-    if not stat.S_ISREG(mode):
-        reason = SYMBOLIC_LINK if stat.S_ISLNK(mode) else NOT_REGULAR_FILE
-        raise UnusableImage(reason, "changed since the scan")
-    image = decode_rgb(path.read_bytes(), **decode_limits(ingestion))
-    return model_input(image.rgb, preprocessing)[0]
 
 
 def _log_summary(predictions: pd.DataFrame) -> None:

@@ -1,8 +1,9 @@
-"""Wires inference: check every file under the input folder, load the trained model, score usable images."""
+"""Wires inference: check every file of the folder to score, then score the usable images with the
+trained model (the catalog's `model`, or the MLflow model inference.model_uri names)."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import keep_this_run, load_classifier, scan_inference_folder, score_images
+from .nodes import keep_this_run, scan_inference_folder, score_images
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -10,21 +11,16 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 scan_inference_folder,
-                inputs=["params:inference", "params:ingestion"],
+                inputs=["inference_images", "params:ingestion"],
                 outputs="inference_files",
                 name="scan_inference_folder_node",
-            ),
-            Node(
-                load_classifier,
-                inputs="params:inference",
-                outputs="classifier",
-                name="load_classifier_node",
             ),
             Node(
                 score_images,
                 inputs=[
                     "inference_files",
-                    "classifier",
+                    "inference_images",
+                    "model",
                     "params:inference",
                     "params:preprocessing",
                     "params:ingestion",

@@ -1,8 +1,9 @@
 """Ingestion: every file under the dataset root, checked, de-duplicated and split before any augmentation.
 
-The first node is the only one that touches the disk: it walks the folder without following links
-and decodes every file once. The rest are pure functions of the resulting file table, so a notebook
-or a test can call them on a hand-made frame.
+The first node reads the image folder (the catalog's `raw_images`): it lists it without following
+links and decodes every file once. The rest are pure functions of the resulting file table, so a
+notebook or a test can call them on a hand-made frame; the segmentation agreement reads the folder
+again for the pairs the table settled.
 """
 
 from __future__ import annotations
@@ -19,13 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from all_detection.core.progress import Progress
-from all_detection.image_io import (
-    FILE_VERDICT_COLUMNS,
-    inspect_file,
-    near_pairs,
-    read_rgb,
-    walk_without_following_links,
-)
+from all_detection.image_io import FILE_VERDICT_COLUMNS, ImageFolder, near_pairs
 from all_detection.layout import (
     CLASSES,
     IMAGE_FOLDERS,
@@ -85,15 +80,15 @@ def check_dataset_layout(root: str | Path) -> Path:
     return root
 
 
-def scan_image_folder(dataset: dict[str, Any], ingestion: dict[str, Any]) -> pd.DataFrame:
-    """Record every file under `dataset["root"]`, one row each, with its label, hash and verdict.
+def scan_image_folder(raw_images: ImageFolder, ingestion: dict[str, Any]) -> pd.DataFrame:
+    """Record every file in the image folder, one row each, with its label, hash and verdict.
 
     Links are recorded and never followed; hidden, system and misplaced files are recorded and
     quarantined; every other file is decoded in full by `decode_rgb`, the same gate inference uses.
     The perceptual hash of each usable image is kept for near-duplicate grouping.
     """
-    root = check_dataset_layout(dataset["root"])
-    entries = sorted(walk_without_following_links(root))
+    root = check_dataset_layout(raw_images.root)
+    entries = raw_images.files()
     logger.info("Ingesting %d files under %s", len(entries), root)
     progress = Progress(logger, "read files", len(entries))
     records = []
@@ -101,7 +96,7 @@ def scan_image_folder(dataset: dict[str, Any], ingestion: dict[str, Any]) -> pd.
         parts = relative.parts
         known_place = len(parts) == 3 and parts[0] in IMAGE_FOLDERS and parts[1] in CLASSES
         place = {"folder": parts[0], "label": parts[1]} if known_place else {"folder": None, "label": None}
-        records.append({**inspect_file(root, relative, ingestion, known_place), **place})
+        records.append({**raw_images.inspect(relative, ingestion, known_place), **place})
         progress.advance()
     return pd.DataFrame.from_records(records, columns=_INVENTORY_COLUMNS)
 
@@ -252,7 +247,10 @@ def build_manifest(files: pd.DataFrame) -> pd.DataFrame:
 
 
 def measure_segmentation_agreement(
-    manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any], ingestion: dict[str, Any]
+    manifest: pd.DataFrame,
+    raw_images: ImageFolder,
+    preprocessing: dict[str, Any],
+    ingestion: dict[str, Any],
 ) -> dict[str, Any]:
     """Dice and IoU per class of the project's blast masks against the dataset's own `Segmented/` masks.
 
@@ -260,7 +258,6 @@ def measure_segmentation_agreement(
     reports the mean stained fraction of both masks, and a class whose mean Dice is below 0.8 gets a
     plain-language note on why (most often: the dataset's masks there are nearly empty).
     """
-    root = Path(dataset["root"])
     by_path = manifest.set_index("path")
     pairs = manifest[
         usable_originals(manifest)
@@ -274,8 +271,8 @@ def measure_segmentation_agreement(
         for original, twin in pairs.loc[pairs["label"] == label, ["path", "counterpart"]].itertuples(
             index=False
         ):
-            ours = blast_mask(read_rgb(root / original, ingestion), preprocessing["segmentation"])
-            theirs = dataset_mask(read_rgb(root / twin, ingestion), min_value)
+            ours = blast_mask(raw_images.read_rgb(original, ingestion), preprocessing["segmentation"])
+            theirs = dataset_mask(raw_images.read_rgb(twin, ingestion), min_value)
             if theirs.shape != ours.shape:
                 theirs = (
                     cv2.resize(theirs.astype(np.uint8), ours.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0

@@ -1,5 +1,5 @@
-"""Wires ingestion: scan the folder, settle labels and duplicates, split, measure the dataset's own
-segmentation against the project's, report."""
+"""Wires ingestion: scan the image folder (`raw_images`), settle labels and duplicates, split,
+measure the dataset's own segmentation against the project's, report."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -20,7 +20,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 scan_image_folder,
-                inputs=["params:dataset", "params:ingestion"],
+                inputs=["raw_images", "params:ingestion"],
                 outputs="file_inventory",
                 name="scan_image_folder_node",
             ),
@@ -51,7 +51,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(build_manifest, inputs="split_files", outputs="manifest", name="build_manifest_node"),
             Node(
                 measure_segmentation_agreement,
-                inputs=["manifest", "params:dataset", "params:preprocessing", "params:ingestion"],
+                inputs=["manifest", "raw_images", "params:preprocessing", "params:ingestion"],
                 outputs="segmentation_agreement",
                 name="measure_segmentation_agreement_node",
             ),

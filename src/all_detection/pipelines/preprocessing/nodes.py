@@ -2,14 +2,13 @@
 
 `all_detection.segmentation.model_input` is the one definition of what the network sees for an image,
 used here for the training, validation and test splits and again by inference on new images. The nodes
-read image files named by the manifest (decoding them with the same gate as ingestion); everything else
-is pure array work.
+read the image files the manifest names from the image folder (the catalog's `raw_images`, through the
+same gate as ingestion); everything else is pure array work.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -18,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from all_detection.core.progress import Progress
-from all_detection.image_io import read_rgb
+from all_detection.image_io import ImageFolder
 from all_detection.layout import CLASSES, SPLITS, input_channels, usable_originals
 from all_detection.segmentation import (
     blast_mask,
@@ -32,7 +31,10 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_model_inputs(
-    manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any], ingestion: dict[str, Any]
+    manifest: pd.DataFrame,
+    raw_images: ImageFolder,
+    preprocessing: dict[str, Any],
+    ingestion: dict[str, Any],
 ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray, pd.DataFrame]:
     """Stack the usable Original images of each split as uint8 (n, size, size, channels) with an index.
 
@@ -42,7 +44,6 @@ def prepare_model_inputs(
     (-1 when nothing is stained) and `stained_fraction`. Each image is decoded once, here, so that
     training never decodes a JPEG per epoch.
     """
-    root = Path(dataset["root"])
     usable = manifest[usable_originals(manifest)]
     size, channels = preprocessing["image_size"], input_channels(preprocessing["input_mode"])
     progress, outputs = Progress(logger, "prepared images", len(usable)), []
@@ -51,7 +52,7 @@ def prepare_model_inputs(
         stack = np.zeros((len(rows), size, size, channels), dtype=np.uint8)
         boxes, fractions = [], []
         for position, path in enumerate(rows["path"]):
-            stack[position], mask = model_input(read_rgb(root / path, ingestion), preprocessing)
+            stack[position], mask = model_input(raw_images.read_rgb(path, ingestion), preprocessing)
             boxes.append(stained_bounding_box(mask) or (-1, -1, -1, -1))
             fractions.append(float(mask.mean()))
             progress.advance()
@@ -72,17 +73,19 @@ def prepare_model_inputs(
 
 
 def plot_segmentation_examples(
-    manifest: pd.DataFrame, dataset: dict[str, Any], preprocessing: dict[str, Any], ingestion: dict[str, Any]
+    manifest: pd.DataFrame,
+    raw_images: ImageFolder,
+    preprocessing: dict[str, Any],
+    ingestion: dict[str, Any],
 ) -> Figure:
     """A figure with one row per class: original, blast mask, segmented and masked, first usable image."""
-    root = Path(dataset["root"])
     usable = manifest[usable_originals(manifest)].sort_values("path")
     labels = [label for label in CLASSES if label in set(usable["label"])]
     figure, axes = plt.subplots(len(labels), 4, figsize=(10, 2.6 * len(labels)), squeeze=False)
     masked = preprocessing["masked"]
     for row, label in zip(axes, labels, strict=True):
         path = usable.loc[usable["label"] == label, "path"].iloc[0]
-        rgb = read_rgb(root / path, ingestion)
+        rgb = raw_images.read_rgb(path, ingestion)
         mask = blast_mask(rgb, preprocessing["segmentation"])
         panels = {
             f"{label}: original": rgb,

@@ -13,7 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 prepare_model_inputs,
-                inputs=["manifest", "params:dataset", "params:preprocessing", "params:ingestion"],
+                inputs=["manifest", "raw_images", "params:preprocessing", "params:ingestion"],
                 outputs=[
                     "train_images",
                     "train_index",
@@ -26,7 +26,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 plot_segmentation_examples,
-                inputs=["manifest", "params:dataset", "params:preprocessing", "params:ingestion"],
+                inputs=["manifest", "raw_images", "params:preprocessing", "params:ingestion"],
                 outputs="segmentation_examples",
                 name="plot_segmentation_examples_node",
             ),

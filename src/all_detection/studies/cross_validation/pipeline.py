@@ -5,17 +5,15 @@ and one MLflow child run per fold.
 The number of folds shapes the pipeline, so it is read when the pipelines are registered: from the
 run's own parameters (its --env and --params) in a `kedro run`, else (kedro-viz, a notebook) from the
 project's conf for KEDRO_ENV. A run whose pipeline was registered with another count is refused before
-it starts (`all_detection.parameters.check_fold_count`).
+it starts (`all_detection.parameters.check_pipeline_shape`).
 """
 
-import os
 from pathlib import Path
 
 from kedro.pipeline import Node, Pipeline
-from kedro.utils import find_kedro_project
 
 from all_detection.layout import SPLITS, fold_names
-from all_detection.parameters import project_parameters, run_parameters
+from all_detection.parameters import shaping_parameters
 from all_detection.pipelines import augmentation, ingestion, preprocessing
 from all_detection.studies import child_runs_node, model_run, variant
 
@@ -31,18 +29,14 @@ from .nodes import (
 
 def configured_folds(project_path: Path | None = None) -> int:
     """`cross_validation.folds` of the run being set up or, outside a run, as the project's
-    configuration gives it (base, then KEDRO_ENV or the default run environment), read through
-    Kedro's config loader with the project's settings."""
-    parameters = run_parameters()
-    if parameters is not None:
-        return int(parameters["cross_validation"]["folds"])
-    project = project_path or find_kedro_project(Path.cwd())
-    if project is None:
+    configuration gives it (`all_detection.parameters.shaping_parameters`)."""
+    parameters = shaping_parameters(project_path)
+    if parameters is None:
         raise RuntimeError(
             "The cross_validation pipeline reads its number of folds from the project's conf/: run Kedro "
             "from inside the project folder"
         )
-    return int(project_parameters(project, os.environ.get("KEDRO_ENV"))["cross_validation"]["folds"])
+    return int(parameters["cross_validation"]["folds"])
 
 
 def fold_run(fold: str) -> Pipeline:

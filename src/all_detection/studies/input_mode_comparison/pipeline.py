@@ -20,7 +20,7 @@ def mode_run(input_mode: str) -> Pipeline:
     return variant(
         prepared + augmentation.create_pipeline() + model_run(),
         f"{input_mode}_input",
-        shared=["manifest", "data_quality"],
+        shared=["raw_images", "manifest", "data_quality"],
         overridden=["params:preprocessing"],
     )
 
