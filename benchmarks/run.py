@@ -45,7 +45,7 @@ from all_detection.layout import CLASSES
 from all_detection.parameters import parameter_feed, project_parameters
 from all_detection.pipelines import augmentation, ingestion, preprocessing
 from all_detection.pipelines.inference.nodes import scan_inference_folder, score_images
-from all_detection.pipelines.training.nodes import cache_base_features, train_classifier
+from all_detection.pipelines.training.nodes import cache_base_features, fit_online
 from all_detection.synthetic import render_smear, write_synthetic_dataset
 
 SPLIT_STACKS = ["train_images", "train_index", "val_images", "val_index"]
@@ -198,11 +198,8 @@ def online_throughput(splits: dict[str, Any], params: dict[str, Any], weights: s
     (train, train_index), (val, val_index) = splits["train"], splits["val"]
     training = {**params["training"], "mode": "online", "epochs": 2, "early_stopping_patience": 5}
     model_params = {**params["model"], "base_weights": weights, "random_weights_fallback": True}
-    no_features = np.zeros(0)
-    _, history, _ = train_classifier(
-        no_features, no_features, train_index, train, train_index, val, val_index,
-        {}, model_params, params["augmentation"], training, params["split"]["seed"],
-    )  # fmt: skip
+    _, history, _ = fit_online(train, train_index, val, val_index, model_params, params["augmentation"],
+                               training, params["split"]["seed"])  # fmt: skip
     return len(train) / float(history["epoch_seconds"].iloc[-1])
 
 

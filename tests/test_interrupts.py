@@ -34,7 +34,7 @@ def test_an_interrupted_run_is_marked_killed_where_it_stopped(project_copy: Path
     try:
         for line in run.stdout:
             log.append(line)
-            if "train_classifier_node" in line and "Running node" in line:
+            if "fit_head_node" in line and "Running node" in line:
                 break
             assert time.monotonic() < deadline, "".join(log[-20:])
         time.sleep(1)  # inside the node
@@ -48,6 +48,6 @@ def test_an_interrupted_run_is_marked_killed_where_it_stopped(project_copy: Path
     (recorded,) = client.search_runs([client.get_experiment_by_name("all_detection").experiment_id])
     assert recorded.info.status == "KILLED"
     assert recorded.data.tags["ended_by"] == signal.Signals(number).name
-    assert recorded.data.tags["stopped_in_node"] == "train_classifier_node"
+    assert recorded.data.tags["stopped_in_node"] == "fit_head_node"
     # The interrupted node saved nothing, so nothing downstream of it looks complete.
     assert not (project_copy / "data" / "06_models" / "model.keras").exists()

@@ -54,7 +54,7 @@ def test_a_study_s_model_run_trains_and_evaluates_but_registers_nothing():
     nodes = {node.name for node in model_run().nodes}
     assert {
         "cache_base_features_node",
-        "train_classifier_node",
+        "fit_head_node",
         "assemble_metrics_node",
         "mlflow_run_node",
     } <= nodes

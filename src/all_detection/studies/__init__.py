@@ -54,13 +54,15 @@ def variant(
     overridden: Iterable[str] = (),
 ) -> Pipeline:
     """One variant of a study: `pipeline` with its datasets prefixed `<namespace>.`, except the `shared`
-    inputs (read as they are) and the `renamed` ones (read from another dataset). Parameters stay
+    inputs (read as they are) and the `renamed` ones (read from another dataset); those the pipeline
+    does not read (the training mode decides which images it reads) are left out. Parameters stay
     shared, but for the `overridden` ones, which the variant reads from `params:<namespace>.<name>`
     (`params:masked_input.preprocessing`): its settings in conf, usually the shared ones with a change
     (see conf/base/parameters_input_mode_comparison.yml)."""
     overridden = set(overridden)
     parameters = {name for name in pipeline.inputs() if name.startswith("params:")} - overridden
     inputs = {name: name for name in shared} | dict(renamed or {})
+    inputs = {name: source for name, source in inputs.items() if name in pipeline.inputs()}
     return Pipeline(pipeline, namespace=namespace, inputs=inputs, parameters=parameters)
 
 

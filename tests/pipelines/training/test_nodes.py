@@ -20,7 +20,9 @@ from all_detection.core.model import (
 )
 from all_detection.core.training import class_weights
 from all_detection.layout import CLASSES
-from all_detection.pipelines.training.nodes import cache_base_features, train_classifier
+from all_detection.parameters import ParameterError, check_pipeline_shape
+from all_detection.pipelines.training import create_pipeline
+from all_detection.pipelines.training.nodes import cache_base_features, fit_head, fit_online
 from tests.configuration import configured_parameters
 
 MODEL = {**configured_parameters()["model"], "base_weights": None}
@@ -63,14 +65,16 @@ def toy_splits():
 
 def train(splits: dict, training: dict) -> tuple[keras.Model, pd.DataFrame, dict]:
     (train_images, train_index), (val_images, val_index) = splits["train"], splits["val"]
-    test_images = splits["test"][0]
+    if training["mode"] == "online":
+        return fit_online(
+            train_images, train_index, val_images, val_index, MODEL, AUGMENTATION, training, SEED
+        )
     train_features, val_features, _, record = cache_base_features(
-        train_images, val_images, test_images, MODEL, training, SEED
+        train_images, val_images, splits["test"][0], MODEL, training, SEED
     )
-    return train_classifier(
-        train_features, val_features, train_index, train_images, train_index, val_images, val_index,
-        record, MODEL, AUGMENTATION, training, SEED,
-    )  # fmt: skip
+    return fit_head(
+        train_features, val_features, train_index, val_images, val_index, record, MODEL, training, SEED
+    )
 
 
 def accuracy(classifier: keras.Model, images: np.ndarray, index: pd.DataFrame) -> float:
@@ -265,6 +269,19 @@ def test_the_demo_falls_back_to_a_random_base_and_records_why(tmp_path, caplog):
     assert not base.trainable
 
 
-def test_unknown_mode_is_refused(toy_splits):
-    with pytest.raises(ValueError, match=r"training\.mode"):
-        train(toy_splits, {**TINY, "mode": "streamed"})
+def test_the_training_pipeline_has_the_nodes_of_the_run_s_mode(monkeypatch):
+    import all_detection.parameters  # noqa: PLC0415
+
+    parameters = configured_parameters()
+    assert parameters["training"]["mode"] == "cached"
+    cached = create_pipeline()  # outside a run: the project's conf
+    assert {"cache_base_features_node", "fit_head_node"} <= {node.name for node in cached.nodes}
+    # As the parameter hook records a run's parameters before Kedro registers the pipelines.
+    online_run = {**parameters, "training": {**parameters["training"], "mode": "online"}}
+    monkeypatch.setattr(all_detection.parameters, "_run_parameters", online_run)
+    online = create_pipeline()
+    assert "fit_online_node" in {node.name for node in online.nodes}
+    assert not {"train_features", "feature_cache", "augmented_train_images"} & online.all_inputs()
+    check_pipeline_shape(online_run, online)
+    with pytest.raises(ParameterError, match=r"training\.mode = 'online': the pipeline was registered for"):
+        check_pipeline_shape(online_run, cached)

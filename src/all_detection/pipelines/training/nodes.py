@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import keras
 import numpy as np
@@ -27,12 +28,11 @@ from all_detection.core.model import (
     build_head,
     one_hot,
 )
-from all_detection.core.training import extract_features, fit_cached, fit_online
+from all_detection.core.training import extract_features, fit_cached
+from all_detection.core.training import fit_online as fit_online_images
 from all_detection.layout import images_per_input
 
 logger = logging.getLogger(__name__)
-
-TRAINING_MODES = ("cached", "online")
 
 
 def cache_base_features(
@@ -49,12 +49,8 @@ def cache_base_features(
     output is cached so that the layers above it can be fine-tuned on the cached maps. Returns the
     three feature stacks (`training.feature_dtype`, float16 by default: half the memory,
     well within the precision of post-ReLU activations) and a record of the work: images, seconds,
-    images/s and GFLOP/s. In `online` mode nothing is computed and empty stacks are returned.
+    images/s and GFLOP/s. Only `cached` training runs it (`online` computes features every epoch).
     """
-    if _mode(training) == "online":
-        logger.info("Online training: base features are computed every epoch, none are cached")
-        empty = np.zeros((0,), dtype=training["feature_dtype"])
-        return empty, empty, empty, {"mode": "online"}
     with hardware_setup(training, seed) as hardware:
         training = sized_for_device(training, augmented_train_images.shape[1])
         base, _ = build_base(
@@ -91,43 +87,86 @@ def cache_base_features(
     return (*stacks, record)
 
 
-def _mode(training: dict[str, Any]) -> str:
-    if training["mode"] not in TRAINING_MODES:
-        raise ValueError(f"training.mode must be one of {TRAINING_MODES}, not {training['mode']!r}")
-    return training["mode"]
-
-
-def train_classifier(
+def fit_head(
     train_features: np.ndarray,
     val_features: np.ndarray,
     augmented_train_index: pd.DataFrame,
+    val_images: np.ndarray,
+    val_index: pd.DataFrame,
+    feature_cache: dict[str, Any],
+    model_settings: dict[str, Any],
+    training: dict[str, Any],
+    seed: int,
+) -> tuple[keras.Model, pd.DataFrame, dict[str, Any]]:
+    """`cached` training: fit the paper's head on the cached features of the augmented views (rows of
+    `augmented_train_index`), then fine-tune what the cut unfreezes; return the whole model.
+
+    With `training.cache_at` inside VGG16, the frozen layers above the cut first turn the cached maps
+    into the base's features once, the head trains on those, and then the layers above the cut train
+    together with the head on the cached maps for `fine_tune_epochs` at `fine_tune_learning_rate`:
+    fine-tuning the top of VGG16 at the cost of those few layers. The validation images give only the
+    model's input shape. See `_fitted` for what every mode shares and returns.
+    """
+
+    def fit(networks: _Networks, training: dict[str, Any]) -> pd.DataFrame:
+        return fit_cached(networks.head, networks.base_above, train_features, val_features,
+                          augmented_train_index["label_index"], one_hot(val_index["label_index"]),
+                          training, seed)  # fmt: skip
+
+    return _fitted("cached", fit, val_images, feature_cache, model_settings, training, seed)
+
+
+def fit_online(
     train_images: np.ndarray,
     train_index: pd.DataFrame,
     val_images: np.ndarray,
     val_index: pd.DataFrame,
-    feature_cache: dict[str, Any],
     model_settings: dict[str, Any],
     augmentation: dict[str, Any],
     training: dict[str, Any],
     seed: int,
 ) -> tuple[keras.Model, pd.DataFrame, dict[str, Any]]:
-    """Fit the paper's head, then fine-tune what the settings unfreeze; return the whole model.
-
-    `cached`: the head trains on the cached features of the augmented views (rows of
-    `augmented_train_index`). With `training.cache_at` inside VGG16, the frozen layers above the cut
-    first turn the cached maps into the base's features once, the head trains on those, and then the
-    layers above the cut train together with the head on the cached maps for `fine_tune_epochs` at
-    `fine_tune_learning_rate`: fine-tuning the top of VGG16 at the cost of those few layers. `online`:
-    base and head train on the training images, augmented on the fly each epoch by the same
-    `build_augmenter` the offline views came from, then, with `training.fine_tune_blocks: N`, the last
-    N VGG16 blocks are unfrozen and trained on at `fine_tune_learning_rate`. Every phase stops early on
-    validation loss, restoring the best weights, and lowers the learning rate on plateaus;
-    `training.class_weight: balanced` weighs each class's images inversely to their number. The
-    returned model takes images (0-255), never features, and carries no augmentation. Also returns the
-    per-epoch history and a summary of the run, which includes `feature_cache`, the record
-    `cache_base_features` kept of its work.
+    """`online` training: base and head train on the training images, augmented on the fly each epoch
+    by the same `build_augmenter` the offline views came from; then, with `training.fine_tune_blocks:
+    N`, the last N VGG16 blocks are unfrozen and trained on at `fine_tune_learning_rate`. Nothing is
+    cached, so the whole of VGG16 runs every epoch. See `_fitted` for what every mode shares and returns.
     """
-    mode = _mode(training)
+
+    def fit(networks: _Networks, training: dict[str, Any]) -> pd.DataFrame:
+        return fit_online_images(networks.extractor, networks.base, networks.head, train_images, train_index,
+                                 val_images, one_hot(val_index["label_index"]), augmentation, training,
+                                 seed)  # fmt: skip
+
+    return _fitted("online", fit, val_images, {"mode": "online"}, model_settings, training, seed)
+
+
+class _Networks(NamedTuple):
+    """The parts a training mode fits: VGG16, the frozen part below the cut (`extractor`), the layers
+    above it that fine-tune (`base_above`, or None), and the paper's head."""
+
+    base: keras.Model
+    extractor: keras.Model
+    base_above: keras.Model | None
+    head: keras.Model
+
+
+def _fitted(
+    mode: str,
+    fit: Callable[[_Networks, dict[str, Any]], pd.DataFrame],
+    val_images: np.ndarray,
+    feature_cache: dict[str, Any],
+    model_settings: dict[str, Any],
+    training: dict[str, Any],
+    seed: int,
+) -> tuple[keras.Model, pd.DataFrame, dict[str, Any]]:
+    """What both training modes share: the networks built for the device, the fit, the assembled model.
+
+    Every phase stops early on validation loss, restoring the best weights, and lowers the learning
+    rate on plateaus; `training.class_weight: balanced` weighs each class's images inversely to their
+    number. The returned model takes images (0-255), never features, and carries no augmentation.
+    Also returns the per-epoch history and a summary of the run, which includes `feature_cache`, the
+    record `cache_base_features` kept of its work.
+    """
     with hardware_setup(training, seed) as hardware:
         image_size, channels = val_images.shape[1], val_images.shape[-1]
         training = sized_for_device(training, image_size)
@@ -139,14 +178,8 @@ def train_classifier(
         extractor = build_feature_extractor(base, channels, model_settings["input_scaling"], cache_at)
         base_above = build_base_above(base, cache_at, extractor.output_shape[1:], images_per_input(channels))
         head = build_head((base_above or extractor).output_shape[1:], model_settings["head"])
-        y_val = one_hot(val_index["label_index"])
         started = time.perf_counter()
-        if mode == "cached":
-            history = fit_cached(head, base_above, train_features, val_features,
-                                    augmented_train_index["label_index"], y_val, training, seed)  # fmt: skip
-        else:
-            history = fit_online(extractor, base, head, train_images, train_index, val_images, y_val,
-                                    augmentation, training, seed)  # fmt: skip
+        history = fit(_Networks(base, extractor, base_above, head), training)
         seconds = time.perf_counter() - started
         classifier = assemble_classifier(extractor, head, base_above=base_above)
     best = history.loc[history["val_loss"].idxmin()]

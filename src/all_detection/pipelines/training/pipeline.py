@@ -1,49 +1,83 @@
-"""Wires training: cache the frozen base's features once, fit the head and fine-tune above the cut (or
-train online), add test-time augmentation to the saved model, register it."""
+"""Wires training as `training.mode` asks: `cached` caches the frozen base's features once and fits
+the head on them (fine-tuning above the cut), `online` trains on images augmented every epoch; then
+adds test-time augmentation to the saved model and registers it.
+
+The mode shapes the pipeline, so it is read when the pipelines are registered, like the number of
+cross-validation folds (`all_detection.parameters.shaping_parameters`); a run whose pipeline was
+registered for the other mode is refused before it starts.
+"""
 
 from kedro.pipeline import Node, Pipeline
 
 from all_detection.core.model import with_test_time_augmentation
+from all_detection.parameters import shaping_parameters
 from all_detection.serving import register_model
 
-from .nodes import cache_base_features, train_classifier
+from .nodes import cache_base_features, fit_head, fit_online
+
+TRAINED = ["trained_classifier", "training_history", "training_summary"]
+
+
+def cached_training() -> list[Node]:
+    return [
+        Node(
+            cache_base_features,
+            inputs=[
+                "augmented_train_images",
+                "val_images",
+                "test_images",
+                "params:model",
+                "params:training",
+                "params:split.seed",
+            ],
+            outputs=["train_features", "val_features", "test_features", "feature_cache"],
+            name="cache_base_features_node",
+        ),
+        Node(
+            fit_head,
+            inputs=[
+                "train_features",
+                "val_features",
+                "augmented_train_index",
+                "val_images",
+                "val_index",
+                "feature_cache",
+                "params:model",
+                "params:training",
+                "params:split.seed",
+            ],
+            outputs=TRAINED,
+            name="fit_head_node",
+        ),
+    ]
+
+
+def online_training() -> list[Node]:
+    return [
+        Node(
+            fit_online,
+            inputs=[
+                "train_images",
+                "train_index",
+                "val_images",
+                "val_index",
+                "params:model",
+                "params:augmentation",
+                "params:training",
+                "params:split.seed",
+            ],
+            outputs=TRAINED,
+            name="fit_online_node",
+        )
+    ]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
+    parameters = shaping_parameters()
+    online = parameters is not None and parameters["training"]["mode"] == "online"
     return Pipeline(
         [
-            Node(
-                cache_base_features,
-                inputs=[
-                    "augmented_train_images",
-                    "val_images",
-                    "test_images",
-                    "params:model",
-                    "params:training",
-                    "params:split.seed",
-                ],
-                outputs=["train_features", "val_features", "test_features", "feature_cache"],
-                name="cache_base_features_node",
-            ),
-            Node(
-                train_classifier,
-                inputs=[
-                    "train_features",
-                    "val_features",
-                    "augmented_train_index",
-                    "train_images",
-                    "train_index",
-                    "val_images",
-                    "val_index",
-                    "feature_cache",
-                    "params:model",
-                    "params:augmentation",
-                    "params:training",
-                    "params:split.seed",
-                ],
-                outputs=["trained_classifier", "training_history", "training_summary"],
-                name="train_classifier_node",
-            ),
+            *(online_training() if online else cached_training()),
             # The saved model averages over the views evaluation.tta names, so evaluation, inference and
             # MLflow serving all apply the same test-time augmentation.
             Node(
