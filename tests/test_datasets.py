@@ -10,7 +10,7 @@ import pytest
 from kedro.io import DatasetError
 
 from all_detection.core.arrays import release_pages, scratch_array
-from all_detection.datasets import ImageFolderDataset, NumpyArrayDataset
+from all_detection.datasets import ImageFolderDataset, MlflowModelRegistrationDataset, NumpyArrayDataset
 from all_detection.image_io import SYMBOLIC_LINK, UnusableImage
 from all_detection.synthetic import synthetic_files, write_synthetic_dataset
 
@@ -123,3 +123,16 @@ def test_an_image_folder_is_written_only_where_nobody_else_s_files_are(tmp_path)
     with pytest.raises(DatasetError, match="not a path inside the folder"):
         ImageFolderDataset(str(tmp_path / "new")).save({"../escape.jpg": b"x"})
     assert not (tmp_path / "escape.jpg").exists()
+
+
+def test_registration_without_a_run_in_progress_records_that_nothing_was_registered(tmp_path):
+    import mlflow  # noqa: PLC0415
+
+    from all_detection.serving import ServableModel  # noqa: PLC0415
+
+    assert mlflow.active_run() is None  # tracking off: nothing to log the model to
+    record = MlflowModelRegistrationDataset(
+        str(tmp_path / "reports/model_registration.json"), "all_detection"
+    )
+    record.save(ServableModel(model=None, example_images=np.zeros((1, 32, 32, 3), np.uint8)))
+    assert record.load() == {"registered": False} and record.exists()

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
-from all_detection.serving import crown_champion, register_model
+from all_detection.datasets import MlflowModelRegistrationDataset
+from all_detection.serving import crown_champion, servable_model
 from tests.configuration import configured_parameters
 
 # Registers a model and serves it over REST.
@@ -42,8 +43,11 @@ def registered(tmp_path_factory: pytest.TempPathFactory):
     extractor = build_feature_extractor(base, 3, "imagenet")
     model = assemble_classifier(extractor, build_head(extractor.output_shape[1:], HEAD))
     images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3)).astype(np.float32)
+    # As the catalog's model_registration registers the model training saves: within the run in progress.
+    record = MlflowModelRegistrationDataset(str(store / "model_registration.json"), "all_detection")
     with mlflow.start_run():
-        registration = register_model(model, images)
+        record.save(servable_model(model, images))
+    registration = record.load()
     yield registration, model, images, tracking_uri
     mlflow.set_tracking_uri(None)
 

@@ -198,6 +198,47 @@ def _load_keras_file(path: Path, source: str) -> Any:
     return model
 
 
+class MlflowModelRegistrationDataset(AbstractDataset[Any, dict[str, Any]]):
+    """The trained model registered in MLflow: saving a `serving.ServableModel` logs it to the run in
+    progress as a pyfunc from code (`served_model.py`, no pickle) with its signature and input example,
+    registers it as a new version of `registered_name`, and writes the record of that version to
+    `filepath`; loading reads the record back (`{"registered", "name", "version", "model_uri", ...}`),
+    for the step that moves the `champion` alias. Without a run in progress (tracking off) nothing is
+    logged and the record says so.
+
+    kedro-mlflow's model datasets take the signature from static configuration; here it follows the
+    trained image size, so the model is logged by `serving.register_model`.
+
+    Example catalog entry::
+
+        model_registration:
+          type: all_detection.datasets.MlflowModelRegistrationDataset
+          filepath: data/08_reporting/model_registration.json
+          registered_name: all_detection
+    """
+
+    def __init__(self, filepath: str, registered_name: str, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self._registered_name = registered_name
+        self.metadata = metadata
+
+    def save(self, data: Any) -> None:
+        from all_detection.serving import register_model  # noqa: PLC0415 - imports Keras and MLflow's pyfunc
+
+        record = register_model(data.model, data.example_images, self._registered_name)
+        self._filepath.parent.mkdir(parents=True, exist_ok=True)
+        self._filepath.write_text(json.dumps(record, indent=2))
+
+    def load(self) -> dict[str, Any]:
+        return json.loads(self._filepath.read_text())
+
+    def _exists(self) -> bool:
+        return self._filepath.is_file()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "registered_name": self._registered_name}
+
+
 class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
     """One numpy array in a `.npy` file, loaded memory-mapped so a run pages in only what it reads.
 

@@ -1,4 +1,5 @@
-"""The trained model behind MLflow's pyfunc interface, and its registration as `all_detection`.
+"""The trained model behind MLflow's pyfunc interface, and its registration as `all_detection` (which
+the catalog's `model_registration`, an `MlflowModelRegistrationDataset`, does when it is saved).
 
 `mlflow models serve -m models:/all_detection/<version> --env-manager local` then answers a batch of
 images at the trained size with the four class probabilities.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 import mlflow
@@ -60,15 +61,29 @@ def model_signature(image_size: int, channels: int) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def register_model(model: keras.Model, test_images: np.ndarray) -> dict[str, Any]:
+class ServableModel(NamedTuple):
+    """What registration needs: the trained model and images of the kind it takes (the first two are
+    logged as its input example)."""
+
+    model: keras.Model
+    example_images: np.ndarray
+
+
+def servable_model(model: keras.Model, test_images: np.ndarray) -> ServableModel:
+    """The trained model with test images for its input example, for the catalog to register."""
+    return ServableModel(model, test_images)
+
+
+def register_model(
+    model: keras.Model, test_images: np.ndarray, registered_name: str = REGISTERED_NAME
+) -> dict[str, Any]:
     """Log the model to the active MLflow run as a pyfunc with signature and input example, and register it.
 
-    Each call adds a version of the registered model `all_detection`. The model is logged from code
-    (`served_model.py`, MLflow's models-from-code): loading it runs that file, and no pickled Python
-    object is stored or unpickled. The project's package travels with the model (`code_paths`), so it
-    loads wherever MLflow runs. kedro-mlflow's model dataset takes
-    its signature from static configuration, but the signature depends on the trained image size, so
-    this one step talks to MLflow directly. Without an active run (tracking disabled) nothing is logged.
+    Each call adds a version of the registered model `registered_name` (`all_detection`). The model is
+    logged from code (`served_model.py`, MLflow's models-from-code): loading it runs that file, and no
+    pickled Python object is stored or unpickled. The project's package travels with the model
+    (`code_paths`), so it loads wherever MLflow runs. The signature follows the trained image size.
+    Without an active run (tracking disabled) nothing is logged.
     """
     run = mlflow.active_run()
     if run is None:
@@ -85,15 +100,15 @@ def register_model(model: keras.Model, test_images: np.ndarray) -> dict[str, Any
             code_paths=[str(Path(all_detection.__file__).parent)],
             signature=model_signature(image_size, channels),
             input_example=np.asarray(test_images[:2], dtype=np.float32),
-            registered_model_name=REGISTERED_NAME,
+            registered_model_name=registered_name,
         )
     version = info.registered_model_version
-    logger.info("Registered %s version %s (%s)", REGISTERED_NAME, version, info.model_uri)
+    logger.info("Registered %s version %s (%s)", registered_name, version, info.model_uri)
     return {
         "registered": True,
-        "name": REGISTERED_NAME,
+        "name": registered_name,
         "version": int(version) if version is not None else None,
-        "model_uri": f"models:/{REGISTERED_NAME}/{version}",
+        "model_uri": f"models:/{registered_name}/{version}",
         "run_id": run.info.run_id,
         "logged_model_uri": info.model_uri,
         "image_size": image_size,

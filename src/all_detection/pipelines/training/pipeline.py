@@ -11,7 +11,7 @@ from kedro.pipeline import Node, Pipeline
 
 from all_detection.core.model import with_test_time_augmentation
 from all_detection.parameters import shaping_parameters
-from all_detection.serving import register_model
+from all_detection.serving import servable_model
 
 from .nodes import cache_base_features, fit_head, fit_online
 
@@ -86,8 +86,9 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="model",
                 name="add_test_time_augmentation_node",
             ),
+            # Saving it to the catalog's model_registration registers it in MLflow.
             Node(
-                register_model,
+                servable_model,
                 inputs=["model", "test_images"],
                 outputs="model_registration",
                 name="register_model_node",
