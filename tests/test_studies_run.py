@@ -151,7 +151,7 @@ def test_the_notebooks_run_top_to_bottom_on_the_demo_outputs(project: Path, monk
             output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
         )
     assert set(printed) == {"01_explore_dataset.ipynb", "02_compare_runs.ipynb"}
-    assert "80 files under data/01_raw/demo_ALL" in printed["01_explore_dataset.ipynb"]
+    assert f"80 files under {project}/data/01_raw/demo_ALL" in printed["01_explore_dataset.ipynb"]
     assert "3 studies found" in printed["02_compare_runs.ipynb"]
     assert not (project / "notebooks" / "mlflow.db").exists()  # the store is the project's, not a new one
 
