@@ -136,3 +136,13 @@ def test_registration_without_a_run_in_progress_records_that_nothing_was_registe
     )
     record.save(ServableModel(model=None, example_images=np.zeros((1, 32, 32, 3), np.uint8)))
     assert record.load() == {"registered": False} and record.exists()
+
+
+def test_an_image_folder_interrupted_while_written_is_finished_by_the_next_save(tmp_path):
+    files = synthetic_files(per_class=1, image_size=48, seed=3)
+    target = ImageFolderDataset(str(tmp_path / "demo"))
+    target.save(files)
+    # As a crash after the record was written and before the new content was swapped in leaves it.
+    (tmp_path / "demo" / next(iter(files))).write_bytes(b"stale")
+    target.save(files)
+    assert (tmp_path / "demo" / next(iter(files))).read_bytes() == files[next(iter(files))]

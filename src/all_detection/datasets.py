@@ -1,6 +1,7 @@
 """Catalog datasets kedro-datasets and kedro-mlflow lack: a folder of images read without following
-links, numpy arrays stored as `.npy` and loaded memory-mapped, and MLflow child runs nested under the
-run kedro-mlflow opened."""
+links, a Keras model that an MLflow model can stand in for, numpy arrays stored as `.npy` and loaded
+memory-mapped, MLflow child runs nested under the run kedro-mlflow opened, and the trained model's
+registration in MLflow."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from kedro.io import AbstractDataset, DatasetError
 from mlflow.entities import Metric
 
 from all_detection.core.arrays import release_pages
-from all_detection.image_io import ImageFolder
+from all_detection.image_io import ImageFolder, walk_without_following_links
 from all_detection.parameters import HOW_TO_GET_A_MODEL
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,9 @@ class ImageFolderDataset(AbstractDataset[dict[str, bytes], ImageFolder]):
     Saving writes a whole folder from `{relative posix path: file bytes}` (the demo's synthetic set):
     only into a new folder or one this dataset wrote before (a `<folder>.contents.json` beside it, not
     inside it where it would be counted, records what it wrote), so nobody's images are ever
-    overwritten. The same content again changes nothing; new content is written beside the folder and
-    swapped in, under a lock, so a concurrent run never sees half a folder.
+    overwritten. A folder already holding exactly that content is left as it is; otherwise the content
+    is written beside the folder and swapped in, under a lock, so a concurrent run never sees half a
+    folder.
 
     Example catalog entry::
 
@@ -78,8 +80,7 @@ class ImageFolderDataset(AbstractDataset[dict[str, bytes], ImageFolder]):
         self._path.parent.mkdir(parents=True, exist_ok=True)
         with self._path.with_name(f"{self._path.name}.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            unchanged = self._contents_file.exists() and self._path.is_dir()
-            if unchanged and json.loads(self._contents_file.read_text()) == contents:
+            if self._path.is_dir() and self._folder_contents() == contents:
                 return
             incoming = self._path.with_name(f".{self._path.name}.partial-{os.getpid()}")
             shutil.rmtree(incoming, ignore_errors=True)
@@ -87,7 +88,8 @@ class ImageFolderDataset(AbstractDataset[dict[str, bytes], ImageFolder]):
                 target = incoming / PurePosixPath(relative)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
-            # The record goes first: a crash between the two steps leaves a folder this dataset may replace.
+            # The record goes first: after a crash the folder is still known as this dataset's, and the
+            # next save compares what the folder holds, not the record, so it finishes the job.
             self._contents_file.write_text(json.dumps(contents, indent=1))
             if self._path.exists():
                 shutil.rmtree(self._path)
@@ -96,6 +98,15 @@ class ImageFolderDataset(AbstractDataset[dict[str, bytes], ImageFolder]):
     @property
     def _contents_file(self) -> Path:
         return self._path.with_name(f"{self._path.name}.contents.json")
+
+    def _folder_contents(self) -> dict[str, str]:
+        """The SHA-256 of each file the folder holds now, by relative path (links not followed)."""
+        files = (self._path / relative for relative in walk_without_following_links(self._path))
+        return {
+            path.relative_to(self._path).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(files)
+            if path.is_file() and not path.is_symlink()
+        }
 
     def _exists(self) -> bool:
         return self._path.is_dir()
