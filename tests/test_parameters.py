@@ -103,7 +103,11 @@ def test_the_folders_and_files_a_pipeline_uses_are_checked_before_it_runs(tmp_pa
         check_sources(scoring, training.create_pipeline(), sources(scoring, tmp_path), tmp_path)
     # The demo writes its own dataset into a new folder, and falls back to a random base without weights.
     demo_run = with_value(parameters, "model.random_weights_fallback", True)
-    check_sources(demo_run, demo.create_pipeline() + ingestion.create_pipeline(), catalog, tmp_path)
+    demo_run = with_value(demo_run, "demo", {"synthetic_dataset": {"per_class": 2}})
+    check_sources(with_value(demo_run, "dataset.synthetic", True), demo.create_pipeline(), catalog, tmp_path)
+    # ...only in the demo environment: a synthetic set its reports would call real is refused.
+    with pytest.raises(ParameterError, match=r"only the demo environment.*kedro run --env demo"):
+        check_sources(demo_run, demo.create_pipeline(), catalog, tmp_path)
 
 
 def test_a_folder_set_in_the_parameters_but_not_the_catalog_is_refused(tmp_path: Path):

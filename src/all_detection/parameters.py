@@ -294,6 +294,14 @@ def check_sources(parameters: dict[str, Any], pipeline: Any, catalog: Any, proje
     """
     reads, writes = pipeline.inputs(), pipeline.all_outputs()
     problems = []
+    if "raw_images" in writes and not (
+        writes_synthetic_set(parameters) and parameters["dataset"]["synthetic"]
+    ):
+        # Synthetic images in a folder whose reports would call them real: only the demo env writes them.
+        problems.append(
+            "the demo pipeline writes a synthetic set, which only the demo environment asks for (with "
+            "demo.synthetic_dataset) and reports as synthetic (dataset.synthetic: true): kedro run --env demo"
+        )
     for name, parameter in (("raw_images", "dataset.root"), ("inference_images", "inference.input_dir")):
         folder = catalog.get(name)
         given = _value_at(parameters, tuple(parameter.split(".")))
