@@ -46,6 +46,9 @@ INPUT_MODES: tuple[str, ...] = ("original", "segmented", "masked", "dual")
 DUAL_INPUT = "dual"
 RGB_CHANNELS = 3
 
+#: How the model is trained (`training.mode`); the training pipeline tags each mode's own nodes with it.
+TRAINING_MODES: tuple[str, ...] = ("cached", "online")
+
 
 #: Cross-validation runs each fold as a namespace of the project's pipelines: `fold_1` ... `fold_k`.
 FOLD_PREFIX = "fold_"

@@ -17,7 +17,7 @@ import click
 from kedro.utils import find_kedro_project
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from all_detection.layout import CLASSES, FOLD_PREFIX, INPUT_MODES
+from all_detection.layout import CLASSES, FOLD_PREFIX, INPUT_MODES, TRAINING_MODES
 
 # What a run that scores a model without one is told (the catalog's `model` says the same on load).
 HOW_TO_GET_A_MODEL = (
@@ -135,7 +135,7 @@ class ReduceLr(Section):
 
 
 class Training(Section):
-    mode: Literal["cached", "online"]
+    mode: Literal[TRAINING_MODES]  # type: ignore[valid-type]
     epochs: PositiveInt
     batch_size: BatchSize
     learning_rate: Annotated[float, Field(gt=0)]
@@ -396,9 +396,7 @@ def check_pipeline_shape(parameters: dict[str, Any], pipeline: Any) -> None:
             f"cross_validation.folds = {asked}: the cross_validation pipeline was registered with "
             f"{len(registered)} folds"
         )
-    modes = {
-        mode for node in pipeline.nodes for mode, name in _TRAINING_NODES.items() if node.name.endswith(name)
-    }
+    modes = {tag for node in pipeline.nodes for tag in node.tags if tag in TRAINING_MODES}
     mode = parameters["training"]["mode"]
     if modes and modes != {mode}:
         problems.append(f"training.mode = {mode!r}: the pipeline was registered for {sorted(modes)} training")
@@ -409,10 +407,6 @@ def check_pipeline_shape(parameters: dict[str, Any], pipeline: Any) -> None:
                 for problem in problems
             ]
         )
-
-
-# The node each training mode fits the model in (pipelines/training).
-_TRAINING_NODES = {"cached": "fit_head_node", "online": "fit_online_node"}
 
 
 def sections_read(pipeline: Any) -> set[str]:

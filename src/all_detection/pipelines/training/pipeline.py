@@ -74,10 +74,12 @@ def online_training() -> list[Node]:
 
 def create_pipeline(**kwargs) -> Pipeline:
     parameters = shaping_parameters()
-    online = parameters is not None and parameters["training"]["mode"] == "online"
+    mode = parameters["training"]["mode"] if parameters is not None else "cached"
+    fitting = {"cached": cached_training, "online": online_training}[mode]()
     return Pipeline(
         [
-            *(online_training() if online else cached_training()),
+            # Tagged with their mode, so a run can tell which mode its pipeline was registered for.
+            Pipeline(fitting, tags=mode),
             # The saved model averages over the views evaluation.tta names, so evaluation, inference and
             # MLflow serving all apply the same test-time augmentation.
             Node(
