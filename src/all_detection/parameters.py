@@ -303,10 +303,9 @@ def check_sources(parameters: dict[str, Any], pipeline: Any, catalog: Any, proje
             "demo.synthetic_dataset) and reports as synthetic (dataset.synthetic: true): kedro run --env demo"
         )
     for name, parameter in (("raw_images", "dataset.root"), ("inference_images", "inference.input_dir")):
-        folder = catalog.get(name)
-        given = _value_at(parameters, tuple(parameter.split(".")))
         if name not in reads | writes:
             continue
+        folder, given = catalog.get(name), _value_at(parameters, tuple(parameter.split(".")))
         if (Path(project_path) / str(given)).resolve() != folder.path.resolve():
             problems.append(
                 f"{parameter} = {given!r}, but the catalog's {name} reads '{folder.path}': set "
