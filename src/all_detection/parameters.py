@@ -319,8 +319,9 @@ def check_sources(parameters: dict[str, Any], pipeline: Any, catalog: Any, proje
                 f"folder: to run on the images in {given!r}, leave out --env demo; to put the demo set "
                 'in a new folder, pass --params "dataset.root=NEW"'
             )
+    # The MLflow model the catalog's `model` will load instead of the trained file, if any.
     model = catalog.get("model")
-    uri = parameters["inference"]["model_uri"]
+    uri = model.model_uri
     if "model" in writes and uri:
         problems.append(
             f"inference.model_uri = {uri!r}: this run trains the model it evaluates; leave model_uri out, or "
