@@ -65,7 +65,7 @@ SHIPPED_HEAD = {"conv_filters": [256, 128, 64], "dense_units": [512, 512], "drop
                 "batch_norm_momentum": 0.9}  # fmt: skip
 SHIPPED_TRANSFORMS = {"rotation_degrees": 180, "shear": 0.2, "zoom": 0.2, "horizontal_flip": True,
                       "vertical_flip": True, "fill_mode": "reflect", "brightness": 0.0,
-                      "contrast": 0.0}  # fmt: skip
+                      "contrast": 0.0, "stain": 0.0}  # fmt: skip
 EPOCHS = SHIPPED_TRAINING["epochs"]
 SEED = 42
 

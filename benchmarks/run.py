@@ -67,17 +67,18 @@ def run_stages(
 ) -> dict[str, Any]:
     """`pipeline` run by Kedro's runner with `params` (as `params:a` and `params:a.b`, the way a Kedro
     context feeds them) and the `outputs` saved as the catalog saves them, as .npy stacks and Parquet
-    indices in `folder`; those outputs, loaded back."""
+    indices in `folder` (others, such as the stain reference, held in memory); those outputs, loaded back."""
 
     fed = parameter_feed(params)
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in fed.items()})
     catalog["raw_images"] = ImageFolderDataset(params["dataset"]["root"])
     for name in outputs:
-        catalog[name] = (
-            ParquetDataset(filepath=str(folder / f"{name}.parquet"))
-            if name.endswith("_index")
-            else NumpyArrayDataset(str(folder / f"{name}.npy"))
-        )
+        if name.endswith("_index"):
+            catalog[name] = ParquetDataset(filepath=str(folder / f"{name}.parquet"))
+        elif name.endswith("_images"):
+            catalog[name] = NumpyArrayDataset(str(folder / f"{name}.npy"))
+        else:
+            catalog[name] = MemoryDataset()
     SequentialRunner().run(pipeline, catalog)
     return {name: catalog[name].load() for name in outputs}
 
@@ -134,9 +135,10 @@ def prepared_splits(root: Path, per_class: int, image_size: int, params: dict[st
         stages,
         parameters,
         root.parent / "stages",
-        [*SPLIT_STACKS, "test_images", "augmented_train_images", "augmented_train_index"],
+        [*SPLIT_STACKS, "test_images", "augmented_train_images", "augmented_train_index", "stain_reference"],
     )
     return {
+        "stain": made["stain_reference"],
         "train": (made["train_images"], made["train_index"]),
         "val": (made["val_images"], made["val_index"]),
         "test": made["test_images"],
@@ -172,7 +174,7 @@ def naive_against_cached(
 
     started = time.perf_counter()
     train_features, val_features, _, _ = cache_base_features(
-        views, val, val[:0], model_params, params["training"], seed
+        views, val, val[:0], splits["stain"], model_params, params["preprocessing"], params["training"], seed
     )
     keras.utils.set_random_seed(seed)
     head = build_head(train_features.shape[1:], head_params)
@@ -198,8 +200,9 @@ def online_throughput(splits: dict[str, Any], params: dict[str, Any], weights: s
     (train, train_index), (val, val_index) = splits["train"], splits["val"]
     training = {**params["training"], "mode": "online", "epochs": 2, "early_stopping_patience": 5}
     model_params = {**params["model"], "base_weights": weights, "random_weights_fallback": True}
-    _, history, _ = fit_online(train, train_index, val, val_index, model_params, params["augmentation"],
-                               training, params["split"]["seed"])  # fmt: skip
+    _, history, _ = fit_online(train, train_index, val, val_index, splits["stain"], model_params,
+                               params["preprocessing"], params["augmentation"], training,
+                               params["split"]["seed"])  # fmt: skip
     return len(train) / float(history["epoch_seconds"].iloc[-1])
 
 

@@ -21,7 +21,7 @@ from all_detection.core.training import ArrayBatches, extract_features
 from tests.configuration import configured_parameters
 from tests.projects import PROJECT_ROOT
 
-CORE_MODULES = ["arrays", "augmenter", "hardware", "model", "prediction", "progress", "training"]
+CORE_MODULES = ["arrays", "augmenter", "hardware", "model", "prediction", "progress", "stain", "training"]
 TRAINING = {"feature_batch_size": "auto", "batch_size": "auto", "learning_rate": 1e-3,
             "fine_tune_learning_rate": 1e-5, "learning_rate_scaling": "sqrt"}  # fmt: skip
 HEAD = {"conv_filters": [8], "dense_units": [8], "dropout": [0.1], "batch_norm_momentum": 0.9}

@@ -217,7 +217,7 @@ class RunSummaryHooks:
     """A few lines at the end of every run: its headline figures, where its outputs are, its MLflow run
     and the command to try next. Registered last, so it runs while the MLflow run is still open."""
 
-    WATCHED = ("metrics", "training_summary", "data_quality", "predictions")
+    WATCHED = ("metrics", "training_summary", "data_quality", "predictions", "shortcut_audit")
 
     def __init__(self) -> None:
         self.seen: dict[str, Any] = {}
@@ -235,8 +235,8 @@ class RunSummaryHooks:
         self, run_params: dict[str, Any], pipeline: Any, catalog: Any, **kwargs: Any
     ) -> None:
         paths = {}
-        for name in ("model_card", "metrics", "predictions", "data_quality"):
-            if name in self.seen or (name == "model_card" and "metrics" in self.seen):
+        for name in ("model_card", "metrics", "shortcut_audit", "predictions", "data_quality"):
+            if name in self.seen or (name == "model_card" and "shortcut_audit" in self.seen):
                 paths[name] = str(getattr(catalog.get(name), "_filepath", ""))
         active, run = mlflow.active_run(), None
         if active is not None:
@@ -269,6 +269,20 @@ def run_summary(seen: dict[str, Any], paths: dict[str, str], run: tuple[str, str
             f"{test['macro_f1']:.3f} [{f1[0]:.3f}, {f1[1]:.3f}] on {test['n']} test images "
             f"({round(100 * intervals['level'])}% bootstrap intervals)."
         )
+    audit = seen.get("shortcut_audit")
+    if audit:
+        colour = audit["null_models"]["colour_statistics"]
+        swap = audit["counterfactuals"].get("stain_swap") or {}
+        line = (
+            f"  Shortcut audit: colour alone (no cell shapes) scores {colour['accuracy']:.3f} on the test "
+            "images"
+        )
+        if swap.get("accuracy") is not None:
+            line += (
+                f"; given another class's stain the model scores {swap['accuracy']:.3f} "
+                f"({100 * swap['follows_donor']:.1f}% of answers follow the stain)"
+            )
+        lines.append(line + ".")
     summary = seen.get("training_summary") or {}
     if (summary.get("base_weights") or {}).get("used") == "None":
         lines.append(

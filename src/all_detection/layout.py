@@ -37,6 +37,9 @@ def usable_originals(files: pd.DataFrame) -> pd.Series:
 #: One probability column per class, in `CLASSES` order, wherever predictions are written or served.
 PROBABILITY_COLUMNS: list[str] = [f"prob_{label}" for label in CLASSES]
 
+#: The detection view: Benign against any malignant stage, which is the positive class.
+DETECTION_POSITIVE = "malignant (Early, Pre or Pro)"
+
 #: The splits of the usable images, in the order they are stacked and reported.
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
@@ -45,6 +48,10 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 INPUT_MODES: tuple[str, ...] = ("original", "segmented", "masked", "dual")
 DUAL_INPUT = "dual"
 RGB_CHANNELS = 3
+
+#: What the model does with a smear's stain before it sees it (`preprocessing.stain_normalisation`):
+#: nothing, or Reinhard's transfer to the training images' stain (`core.stain.StainNormalisation`).
+STAIN_NORMALISATIONS: tuple[str, ...] = ("none", "reinhard")
 
 #: How the model is trained (`training.mode`); the training pipeline tags each mode's own nodes with it.
 TRAINING_MODES: tuple[str, ...] = ("cached", "online")

@@ -17,7 +17,7 @@ import click
 from kedro.utils import find_kedro_project
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from all_detection.layout import CLASSES, FOLD_PREFIX, INPUT_MODES, TRAINING_MODES
+from all_detection.layout import CLASSES, FOLD_PREFIX, INPUT_MODES, STAIN_NORMALISATIONS, TRAINING_MODES
 
 # What a run that scores a model without one is told (the catalog's `model` says the same on load).
 HOW_TO_GET_A_MODEL = (
@@ -47,11 +47,18 @@ class Dataset(Section):
     synthetic: bool = False
 
 
+class Overlap(Section):
+    candidates: Count
+    keypoints: PositiveInt
+    min_shared_keypoints: Annotated[int, Field(ge=3)]
+
+
 class Ingestion(Section):
     min_side_px: PositiveInt
     max_pixels: PositiveInt
     max_file_mb: Annotated[float, Field(gt=0)]
     near_duplicate_max_bits: Annotated[int, Field(ge=0, le=64)]
+    overlap: Overlap
 
 
 class Split(Section):
@@ -69,10 +76,17 @@ class Split(Section):
         return self
 
 
+class Corners(Section):
+    fraction: Annotated[float, Field(gt=0, le=0.5)]
+    painted: bool
+
+
 class Preprocessing(Section):
     # VGG16's five poolings need at least 32 pixels.
     image_size: Annotated[int, Field(ge=32, le=4096)]
     input_mode: Literal[INPUT_MODES]  # type: ignore[valid-type]
+    stain_normalisation: Literal[STAIN_NORMALISATIONS]  # type: ignore[valid-type]
+    corners: Corners
     segmentation: dict[str, Any]
     masked: dict[str, Any]
     agreement: dict[str, Any]
@@ -87,6 +101,7 @@ class Transforms(Section):
     fill_mode: Literal["reflect", "wrap", "constant", "nearest"]
     brightness: Annotated[float, Field(ge=0, le=1)]
     contrast: Annotated[float, Field(ge=0, le=1)]
+    stain: Annotated[float, Field(ge=0, le=3)]
 
 
 class Augmentation(Section):
@@ -164,6 +179,12 @@ class Evaluation(Section):
     predict_batch_size: PositiveInt
 
 
+class ShortcutAudit(Section):
+    images_per_class: PositiveInt
+    corner_patch_px: PositiveInt
+    thumbnail_px: PositiveInt
+
+
 class CrossValidation(Section):
     folds: Annotated[int, Field(ge=2)]
 
@@ -192,6 +213,7 @@ class Parameters(BaseModel):
     model: Model
     training: Training
     evaluation: Evaluation
+    shortcut_audit: ShortcutAudit
     cross_validation: CrossValidation
     inference: Inference
     original_input: InputModeRun

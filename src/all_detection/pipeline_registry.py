@@ -18,17 +18,20 @@ from all_detection.pipelines import (
     inference,
     ingestion,
     preprocessing,
+    shortcut_audit,
     training,
 )
 from all_detection.studies import cross_validation, input_mode_comparison, protocol_comparison
 
-#: `kedro run` (`__default__`): the stages from the image folder to the evaluated model, in order.
+#: `kedro run` (`__default__`): the stages from the image folder to the evaluated and audited model,
+#: in order.
 STAGES = {
     "ingestion": ingestion,
     "preprocessing": preprocessing,
     "augmentation": augmentation,
     "training": training,
     "evaluation": evaluation,
+    "shortcut_audit": shortcut_audit,
 }
 #: Run only when asked for by name: inference scores a folder of new images (inference.input_dir);
 #: the studies train several models each and repeat the data stages they need.

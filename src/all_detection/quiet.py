@@ -24,6 +24,11 @@ class _KnownNoise(logging.Filter):
         return not any(noise in message for noise in KNOWN_NOISE_IN_LOGS)
 
 
+class _RetracedCopies(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 def silence_known_noise() -> None:
     # TensorFlow probes CUDA at import and logs an error on a machine without a GPU driver, and its
     # data pipeline logs an op-attribute mismatch as an error; on such a machine only its fatal
@@ -38,5 +43,11 @@ def silence_known_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(existing, _KnownNoise) for existing in logger.filters):
             logger.addFilter(_KnownNoise())
+    # Each node that takes the catalog's `model` loads its own copy, and TensorFlow compiles each copy's
+    # predict step once; past five copies in a run it calls that "excessive retracing", though no step
+    # is compiled twice.
+    tensorflow = logging.getLogger("tensorflow")
+    if not any(isinstance(existing, _RetracedCopies) for existing in tensorflow.filters):
+        tensorflow.addFilter(_RetracedCopies())
     # kedro-mlflow calls the relative artifact location (mlartifacts) a relative tracking URI at INFO.
     logging.getLogger("kedro_mlflow.config.kedro_mlflow_config").setLevel(logging.WARNING)

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from all_detection.layout import INPUT_MODES
+from all_detection.shortcuts import paint_corners
 
 CHANNEL_ORDERS = ("rgb", "bgr_as_rgb")
 
@@ -77,6 +78,15 @@ def segment(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask[..., None], rgb, 0).astype(np.uint8)
 
 
+def dilated(mask: np.ndarray, dilation_px: int) -> np.ndarray:
+    """The mask grown by a disc of diameter `dilation_px` (unchanged below 2), so the cells' pale rims,
+    which thresholds miss, count as cell."""
+    if dilation_px <= 1:
+        return mask.astype(bool)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (dilation_px, dilation_px))
+    return cv2.dilate(mask.astype(np.uint8), disc) > 0
+
+
 def dim_background(
     rgb: np.ndarray, mask: np.ndarray, dilation_px: int, background_level: float
 ) -> np.ndarray:
@@ -85,9 +95,7 @@ def dim_background(
     Dilating keeps the cells' pale rims and immediate surroundings, which thresholds miss, and dimming
     rather than blacking out keeps the context a pathologist would see, only quieter.
     """
-    if dilation_px > 1:
-        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (dilation_px, dilation_px))
-        mask = cv2.dilate(mask.astype(np.uint8), disc) > 0
+    mask = dilated(mask, dilation_px)
     dimmed = rgb.astype(np.float32) * background_level
     return np.where(mask[..., None], rgb, dimmed.round()).astype(np.uint8)
 
@@ -125,12 +133,16 @@ def model_input(rgb: np.ndarray, preprocessing: dict[str, Any]) -> tuple[np.ndar
 
     `preprocessing.input_mode` picks `original` (the paper's), `segmented` (cells on black), `masked`
     (background outside a dilated mask dimmed) or `dual` (original and segmented stacked as 6 channels,
-    the two inputs of the dual model). The mask is computed at the image's own resolution, where the
-    thresholds were set, and the result resized to `image_size` square with area averaging.
+    the two inputs of the dual model). With `preprocessing.corners.painted` the four corner squares
+    (the scale-bar label's) are painted out first. The mask is computed at the image's own resolution,
+    where the thresholds were set, and the result resized to `image_size` square with area averaging.
     """
     mode = preprocessing["input_mode"]
     if mode not in INPUT_MODES:
         raise ValueError(f"preprocessing.input_mode must be one of {INPUT_MODES}, not {mode!r}")
+    corners = preprocessing["corners"]
+    if corners["painted"]:
+        rgb = paint_corners(rgb, corners["fraction"])
     mask = blast_mask(rgb, preprocessing["segmentation"])
     if mode == "original":
         planes = rgb

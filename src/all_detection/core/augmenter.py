@@ -16,32 +16,34 @@ import pandas as pd
 from all_detection.core.arrays import release_pages, scratch_array
 from all_detection.core.model import DIHEDRAL_SYMMETRIES, DihedralView
 from all_detection.core.progress import Progress
+from all_detection.core.stain import RandomStain
 
 logger = logging.getLogger(__name__)
 
 # Each transform draws from its own seed, fixed by its slot here rather than by which transforms are
 # on, so switching colour jitter on leaves the geometric draws of every view as they were.
-_TRANSFORM_SLOTS = ("rotation", "shear", "zoom", "flip", "brightness", "contrast")
+_TRANSFORM_SLOTS = ("rotation", "shear", "zoom", "flip", "brightness", "contrast", "stain")
 
 # Images arrive and leave as uint8, so the colour layers clip to the same range the pixels live in.
 PIXEL_RANGE = (0.0, 255.0)
 
 
-def build_augmenter(transforms: dict[str, Any], seed: int) -> keras.Sequential:
-    """The paper's random transforms as one stack of Keras preprocessing layers, in the order applied.
+def build_augmenter(
+    transforms: dict[str, Any], seed: int, stain_reference: dict[str, Any] | None = None
+) -> keras.Sequential:
+    """The paper's random transforms as one stack of Keras preprocessing layers, in the order applied,
+    then the colour jitter of `build_colour_jitter`.
 
     Rotation (`rotation_degrees`, either way), shear (`shear`, on both axes), zoom (`zoom`, in or out,
-    aspect kept), flips (`horizontal_flip`, `vertical_flip`), then, where their strength is above 0,
-    brightness and contrast jitter for staining differences. A transform of strength 0 (or a flip set
+    aspect kept), flips (`horizontal_flip`, `vertical_flip`). A transform of strength 0 (or a flip set
     false) is left out, so with everything off the stack returns its input unchanged. Points mapped
     from outside the frame are filled by `fill_mode`. Batches of float images in 0-255 of any channel
     count go in and come out: each layer draws one set of parameters per image and applies it to all
-    channels alike, so the two halves of a 6-channel (dual) image get the same geometry and the same
-    brightness shift and contrast factor (contrast pulls each channel to its own mean). Only Keras 3
-    layers are used, so the stack also serves the online-training model, on any backend; call it with
-    `training=True`, since the layers pass images through untouched at inference.
+    channels alike, so the two halves of a 6-channel (dual) image get the same geometry and colour.
+    Only Keras 3 layers are used, so the stack also serves the online-training model, on any backend;
+    call it with `training=True`, since the layers pass images through untouched at inference.
     """
-    seeds = dict(zip(_TRANSFORM_SLOTS, _independent_seeds(seed, len(_TRANSFORM_SLOTS)), strict=True))
+    seeds = _slot_seeds(seed)
     fill_mode = transforms["fill_mode"]
     flip_mode = {
         (True, True): "horizontal_and_vertical",
@@ -67,6 +69,25 @@ def build_augmenter(transforms: dict[str, Any], seed: int) -> keras.Sequential:
         layers.append(keras.layers.RandomZoom(transforms["zoom"], fill_mode=fill_mode, seed=seeds["zoom"]))
     if flip_mode:
         layers.append(keras.layers.RandomFlip(flip_mode, seed=seeds["flip"]))
+    layers += _colour_layers(transforms, seeds, stain_reference)
+    return keras.Sequential(layers or [keras.layers.Identity()], name="augmenter")
+
+
+def build_colour_jitter(
+    transforms: dict[str, Any], seed: int, stain_reference: dict[str, Any] | None = None
+) -> keras.Sequential | None:
+    """The colour part of the augmentation, or None when it is all off: brightness and contrast jitter
+    for lighting (`brightness`, `contrast`), and a random stain for staining batches (`stain`: a
+    `RandomStain` of that strength around `stain_reference`, the training images' stain). Exact
+    symmetries get only this part; random views get it after their geometry (`build_augmenter`)."""
+    layers = _colour_layers(transforms, _slot_seeds(seed), stain_reference)
+    return keras.Sequential(layers, name="colour_jitter") if layers else None
+
+
+def _colour_layers(
+    transforms: dict[str, Any], seeds: dict[str, int], stain_reference: dict[str, Any] | None
+) -> list[keras.layers.Layer]:
+    layers: list[keras.layers.Layer] = []
     if transforms["brightness"]:
         layers.append(
             keras.layers.RandomBrightness(
@@ -79,7 +100,15 @@ def build_augmenter(transforms: dict[str, Any], seed: int) -> keras.Sequential:
                 transforms["contrast"], value_range=PIXEL_RANGE, seed=seeds["contrast"]
             )
         )
-    return keras.Sequential(layers or [keras.layers.Identity()], name="augmenter")
+    if transforms["stain"]:
+        if stain_reference is None:
+            raise ValueError("augmentation.transforms.stain needs the training images' stain reference")
+        layers.append(RandomStain(stain_reference, transforms["stain"], seed=seeds["stain"]))
+    return layers
+
+
+def _slot_seeds(seed: int) -> dict[str, int]:
+    return dict(zip(_TRANSFORM_SLOTS, _independent_seeds(seed, len(_TRANSFORM_SLOTS)), strict=True))
 
 
 def _independent_seeds(seed: int, count: int) -> list[int]:
@@ -159,32 +188,43 @@ def plan_views(index: pd.DataFrame, augmentation: dict[str, Any], seed: int) -> 
 
 
 def render_views(
-    images: np.ndarray, plan: pd.DataFrame, augmentation: dict[str, Any], seed: int
+    images: np.ndarray,
+    plan: pd.DataFrame,
+    augmentation: dict[str, Any],
+    seed: int,
+    stain_reference: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """The pixels of every planned view, in the plan's row order, as one uint8 stack.
 
     An exact symmetry (`symmetry` 0-7; 0 is the source image unchanged) is turned and mirrored by the
-    same `DihedralView` layer test-time augmentation uses; the random views pass through
-    `build_augmenter` in plan order, `augmentation.batch_size` at a time, rounded and clipped back to
-    uint8, so no float copy of the whole set is ever held and a memory-mapped `images` is read a batch
-    at a time; the views are written to a `scratch_array`, so they leave memory as they are made. The
-    same plan, seed, batch size and Keras backend give byte-identical views (each backend has its own
-    random streams).
+    same `DihedralView` layer test-time augmentation uses, then given the colour jitter
+    (`build_colour_jitter`, with `stain_reference` for a random stain) unless it is the source; the
+    random views pass through `build_augmenter` (geometry, then colour). Views are made in plan order,
+    `augmentation.batch_size` at a time, rounded and clipped back to uint8, so no float copy of the
+    whole set is ever held and a memory-mapped `images` is read a batch at a time; the views are
+    written to a `scratch_array`, so they leave memory as they are made. The same plan, seed, batch
+    size and Keras backend give byte-identical views (each backend has its own random streams).
     """
     source_rows, symmetry = plan["source_row"].to_numpy(), plan["symmetry"].to_numpy()
     augmented_views = scratch_array((len(plan), *images.shape[1:]), np.uint8)
     batch_size = augmentation["batch_size"]
+    jitter = build_colour_jitter(augmentation["transforms"], seed, stain_reference)
     for number in range(DIHEDRAL_SYMMETRIES):
         exact = np.flatnonzero(symmetry == number)
         turn = DihedralView.of_symmetry(number)
         for start in range(0, len(exact), batch_size):
             rows = exact[start : start + batch_size]
             sources = np.asarray(images[source_rows[rows]])
-            augmented_views[rows] = sources if number == 0 else keras.ops.convert_to_numpy(turn(sources))
+            if number == 0:
+                augmented_views[rows] = sources
+            elif jitter is None:
+                augmented_views[rows] = keras.ops.convert_to_numpy(turn(sources))
+            else:
+                augmented_views[rows] = _as_pixels(jitter(turn(sources.astype(np.float32)), training=True))
             release_pages(images)
             release_pages(augmented_views)
 
-    augmenter = build_augmenter(augmentation["transforms"], seed)
+    augmenter = build_augmenter(augmentation["transforms"], seed, stain_reference)
     transformed = np.flatnonzero(symmetry < 0)
     logger.info(
         "Augmenting %d images into %d views (%d exact symmetries, %d random)",
@@ -194,9 +234,15 @@ def render_views(
     for start in range(0, len(transformed), batch_size):
         rows = transformed[start : start + batch_size]
         batch = np.asarray(images[source_rows[rows]], dtype=np.float32)
-        views = keras.ops.clip(keras.ops.round(augmenter(batch, training=True)), *PIXEL_RANGE)
-        augmented_views[rows] = keras.ops.convert_to_numpy(keras.ops.cast(views, "uint8"))
+        augmented_views[rows] = _as_pixels(augmenter(batch, training=True))
         release_pages(images)
         release_pages(augmented_views)
         progress.advance(len(rows))
     return augmented_views
+
+
+def _as_pixels(views) -> np.ndarray:
+    """Float views in 0-255, rounded and clipped back to the uint8 pixels they are stored as."""
+    return keras.ops.convert_to_numpy(
+        keras.ops.cast(keras.ops.clip(keras.ops.round(views), *PIXEL_RANGE), "uint8")
+    )

@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from all_detection.core.stain import StainNormalisation
 from all_detection.layout import CLASSES
 
 logger = logging.getLogger(__name__)
@@ -167,20 +168,31 @@ def _layers_above(base: keras.Model, cache_at: str) -> list[keras.layers.Layer]:
 
 
 def build_feature_extractor(
-    base: keras.Model, channels: int, input_scaling: str, cache_at: str = BASE_OUTPUT
+    base: keras.Model,
+    channels: int,
+    input_scaling: str,
+    cache_at: str = BASE_OUTPUT,
+    stain_reference: dict[str, Any] | None = None,
 ) -> keras.Model:
     """Images (0-255, 3 channels, or 6 for dual) to the frozen maps of VGG16 at `cache_at`.
 
     `cache_at` is the layer whose output is cached: the base's output (`block5_pool`) freezes all of
     VGG16; a layer inside it (`block5_conv2`, `block4_pool`...) leaves the layers above to
     `build_base_above`, which trains them. A dual image's two halves go through the same layers and
-    their maps are concatenated.
+    their maps are concatenated. With a `stain_reference` (`core.stain.stain_reference` of the
+    training images) every image is first given that stain (`StainNormalisation`), so the saved model
+    normalises whatever it is given.
     """
     _layers_above(base, cache_at)
     below = base if cache_at == BASE_OUTPUT else keras.Model(base.input, base.get_layer(cache_at).output)
     size = base.input_shape[1]
     images = keras.Input((size, size, channels), name="images")
-    halves = [images] if channels == 3 else [ChannelHalf(half)(images) for half in (0, 1)]
+    pixels = images
+    if stain_reference is not None:
+        pixels = StainNormalisation(
+            stain_reference["lab_mean"], stain_reference["lab_sd"], name="stain_normalisation"
+        )(images)
+    halves = [pixels] if channels == 3 else [ChannelHalf(half)(pixels) for half in (0, 1)]
     maps = [below(InputScaling(input_scaling)(half), training=False) for half in halves]
     joined = maps[0] if len(maps) == 1 else keras.layers.Concatenate(name="dual_features")(maps)
     return keras.Model(images, joined, name="feature_extractor")

@@ -224,12 +224,14 @@ def fit_online(
     augmentation: dict[str, Any],
     training: dict[str, Any],
     seed: int,
+    stain_reference: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Train base and head on images augmented on the fly inside the compiled step (the same
-    `build_augmenter` the offline views come from); then, with `training.fine_tune_blocks: N`, the
+    `build_augmenter` the offline views come from, with a random stain around `stain_reference` when
+    `augmentation.transforms.stain` asks for one); then, with `training.fine_tune_blocks: N`, the
     last N VGG16 blocks with the head at `fine_tune_learning_rate`, kept only if they lower the
     validation loss. Returns the history."""
-    augmenter = build_augmenter(augmentation["transforms"], seed)
+    augmenter = build_augmenter(augmentation["transforms"], seed, stain_reference)
     network = assemble_classifier(extractor, head, augmenter)
     feeding = {"workers": training["workers"], "max_queue_size": 2 * training["workers"]}
     train_batches = ArrayBatches(train_images, one_hot(train_index["label_index"]), training["batch_size"],

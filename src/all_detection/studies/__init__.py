@@ -19,7 +19,7 @@ import pandas as pd
 from kedro.pipeline import Node, Pipeline
 from matplotlib.figure import Figure
 
-from all_detection.pipelines import evaluation, training
+from all_detection.pipelines import evaluation, shortcut_audit, training
 
 # A study's report reads its runs' outputs by the names Kedro's namespacing gives them ("paper.metrics"),
 # which Kedro warns about whenever a node outside the namespace names one.
@@ -30,20 +30,27 @@ HEADLINE_METRICS = ("accuracy", "macro_f1")
 
 
 def model_run() -> Pipeline:
-    """Training and evaluation as `kedro run` wires them, less the model registration (a study trains
-    several models for comparison, none of which is the project's model of record), plus the run's
-    record for its MLflow child run."""
+    """Training, evaluation and the shortcut audit as `kedro run` wires them, less the model
+    registration (a study trains several models for comparison, none of which is the project's model
+    of record), plus the run's record for its MLflow child run. A variant reads the image folder
+    (`raw_images`, for the audit) as it is: list it among the variant's `shared` inputs."""
     trained = training.create_pipeline()
     record = Node(
         mlflow_run,
-        inputs=["metrics", "evaluation_metrics", "training_history_metrics"],
+        inputs=[
+            "metrics",
+            "shortcut_audit",
+            "evaluation_metrics",
+            "training_history_metrics",
+            "shortcut_audit_metrics",
+        ],
         outputs="mlflow_run",
         name="mlflow_run_node",
     )
     evaluated = evaluation.create_pipeline()
     unregistered = trained - trained.only_nodes_with_tags("registration")
     unranked = evaluated - evaluated.only_nodes_with_tags("registration")
-    return unregistered + unranked + Pipeline([record])
+    return unregistered + unranked + shortcut_audit.create_pipeline() + Pipeline([record])
 
 
 def variant(
@@ -93,16 +100,20 @@ def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def mlflow_run(
-    metrics: dict[str, Any], evaluation_metrics: dict[str, Any], training_history_metrics: dict[str, Any]
+    metrics: dict[str, Any],
+    shortcut_audit: dict[str, Any],
+    evaluation_metrics: dict[str, Any],
+    training_history_metrics: dict[str, Any],
+    shortcut_audit_metrics: dict[str, Any],
 ) -> dict[str, Any]:
     """One study run as an MLflow child run: metrics.json's `run` block as parameters (`split_sizes.test`,
-    `leakage.test.fraction_same_source`...), the final and per-epoch metrics under the names a `kedro run`
-    logs (so runs of every kind line up in the UI), and metrics.json itself."""
+    `leakage.test.fraction_same_source`...), the final, per-epoch and audit metrics under the names a
+    `kedro run` logs (so runs of every kind line up in the UI), metrics.json and shortcut_audit.json."""
     flat = pd.json_normalize(metrics["run"], sep=".").iloc[0].to_dict()
     return {
         "params": {name: value for name, value in flat.items() if value is not None},
-        "metrics": {**evaluation_metrics, **training_history_metrics},
-        "reports": {"metrics.json": metrics},
+        "metrics": {**evaluation_metrics, **training_history_metrics, **shortcut_audit_metrics},
+        "reports": {"metrics.json": metrics, "shortcut_audit.json": shortcut_audit},
     }
 
 

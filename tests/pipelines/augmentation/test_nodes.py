@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from all_detection.core.augmenter import build_augmenter, count_views
 from all_detection.core.model import DihedralView
+from all_detection.core.stain import stain_reference
 from all_detection.layout import CLASSES
 from all_detection.pipelines.augmentation.nodes import augment_training_split, plot_augmentation_examples
 from all_detection.synthetic import render_smear
@@ -27,6 +28,7 @@ ALL_OFF = {
     "fill_mode": "reflect",
     "brightness": 0.0,
     "contrast": 0.0,
+    "stain": 0.0,
 }
 PAPER = {**ALL_OFF, "rotation_degrees": 180, "shear": 0.2, "zoom": 0.2, "horizontal_flip": True,
          "vertical_flip": True}  # fmt: skip
@@ -87,7 +89,9 @@ def test_each_transform_keeps_shape_and_value_range(smears, transform):
     assert views.max() <= 255 + 1e-3
     assert not np.allclose(views, images)
 
-    stored, _ = augment_training_split(images, index, augmentation({**ALL_OFF, **transform}), SEED)
+    stored, _ = augment_training_split(
+        images, index, stain_reference(images), augmentation({**ALL_OFF, **transform}), SEED
+    )
     assert stored.dtype == np.uint8
     assert stored.shape[1:] == images.shape[1:]
 
@@ -106,7 +110,9 @@ def test_flips_are_exact_mirror_images(smears, flip, axis):
 
 def test_with_every_transform_off_every_view_equals_its_source(smears):
     images, index = smears
-    views, views_index = augment_training_split(images, index, augmentation(ALL_OFF), SEED)
+    views, views_index = augment_training_split(
+        images, index, stain_reference(images), augmentation(ALL_OFF), SEED
+    )
     sources = images[index.reset_index().set_index("image_id").loc[views_index["source_id"], "index"]]
     assert np.array_equal(views, sources)
 
@@ -134,7 +140,9 @@ def test_node_makes_the_counted_views_per_class(smears):
     images, index = smears
     multiplier = {"Benign": 2.5, "Early": 4.3, "Pre": 1.0, "Pro": 3.0}
     for balance in (False, True):
-        _, views_index = augment_training_split(images, index, augmentation(PAPER, multiplier, balance), SEED)
+        _, views_index = augment_training_split(
+            images, index, stain_reference(images), augmentation(PAPER, multiplier, balance), SEED
+        )
         made = views_index["label"].value_counts().to_dict()
         counted = pd.Series(count_views(index["label"], multiplier, balance, SEED))
         assert made == counted.groupby(index["label"]).sum().to_dict()
@@ -146,13 +154,13 @@ def test_node_makes_the_counted_views_per_class(smears):
 def test_multipliers_below_one_or_missing_are_refused(smears, multiplier):
     images, index = smears
     with pytest.raises(ValueError, match=r"augmentation\.multiplier"):
-        augment_training_split(images, index, augmentation(PAPER, multiplier), SEED)
+        augment_training_split(images, index, stain_reference(images), augmentation(PAPER, multiplier), SEED)
 
 
 def test_views_come_from_training_images_only_and_view_0_is_the_source(smears):
     images, index = smears
     held_out_ids = {"Original/Benign/WBC-Benign-900.jpg", "Original/Pro/WBC-Pro-901.jpg"}
-    views, views_index = augment_training_split(images, index, augmentation(), SEED)
+    views, views_index = augment_training_split(images, index, stain_reference(images), augmentation(), SEED)
     assert set(views_index["source_id"]) == set(index["image_id"])
     assert set(views_index["source_id"]).isdisjoint(held_out_ids)
     assert list(views_index.columns) == [
@@ -177,7 +185,9 @@ def _symmetry_of(image: np.ndarray, number: int) -> np.ndarray:
 
 def test_dihedral_views_are_the_8_exact_symmetries_in_place_of_random_views(smears):
     images, index = smears
-    views, views_index = augment_training_split(images, index, augmentation(dihedral=True), SEED)
+    views, views_index = augment_training_split(
+        images, index, stain_reference(images), augmentation(dihedral=True), SEED
+    )
     # A multiplier of 3.5 asks for fewer views than the 8 symmetries: every image gets all 8, no more.
     assert len(views) == 8 * len(index)
     for row, source in index.iterrows():
@@ -195,7 +205,7 @@ def test_dihedral_views_are_the_8_exact_symmetries_in_place_of_random_views(smea
 def test_dihedral_views_beyond_the_eighth_are_random_transforms(smears):
     images, index = smears
     views, views_index = augment_training_split(
-        images, index, augmentation(multiplier=10, dihedral=True), SEED
+        images, index, stain_reference(images), augmentation(multiplier=10, dihedral=True), SEED
     )
     for row, source in index.iterrows():
         of_source = views_index.index[views_index["source_id"] == source["image_id"]]
@@ -206,9 +216,15 @@ def test_dihedral_views_beyond_the_eighth_are_random_transforms(smears):
 
 def test_same_seed_gives_byte_identical_views_and_another_seed_other_views(smears):
     images, index = smears
-    first, first_index = augment_training_split(images, index, augmentation(EVERY_TRANSFORM), SEED)
-    again, again_index = augment_training_split(images, index, augmentation(EVERY_TRANSFORM), SEED)
-    other, _ = augment_training_split(images, index, augmentation(EVERY_TRANSFORM), SEED + 1)
+    first, first_index = augment_training_split(
+        images, index, stain_reference(images), augmentation(EVERY_TRANSFORM), SEED
+    )
+    again, again_index = augment_training_split(
+        images, index, stain_reference(images), augmentation(EVERY_TRANSFORM), SEED
+    )
+    other, _ = augment_training_split(
+        images, index, stain_reference(images), augmentation(EVERY_TRANSFORM), SEED + 1
+    )
     assert first.tobytes() == again.tobytes()
     pd.testing.assert_frame_equal(first_index, again_index)
     transformed = first_index["view"].to_numpy() > 0
@@ -219,8 +235,8 @@ def test_memory_mapped_input_gives_the_same_views(smears, tmp_path):
     images, index = smears
     np.save(tmp_path / "train_images.npy", images)
     mapped = np.load(tmp_path / "train_images.npy", mmap_mode="r")
-    from_memory, _ = augment_training_split(images, index, augmentation(), SEED)
-    from_disk, _ = augment_training_split(mapped, index, augmentation(), SEED)
+    from_memory, _ = augment_training_split(images, index, stain_reference(images), augmentation(), SEED)
+    from_disk, _ = augment_training_split(mapped, index, stain_reference(images), augmentation(), SEED)
     assert np.array_equal(from_memory, from_disk)
 
 
@@ -228,18 +244,20 @@ def test_memory_mapped_input_gives_the_same_views(smears, tmp_path):
 def test_dual_input_halves_get_the_same_transform(transforms):
     images, index = training_split({"Benign": 2, "Pro": 2}, channels=6)
     images[..., 3:] = images[..., :3]  # identical halves must stay identical
-    views, _ = augment_training_split(images, index, augmentation(transforms), SEED)
+    views, _ = augment_training_split(images, index, stain_reference(images), augmentation(transforms), SEED)
     assert views.shape[1:] == (SIZE, SIZE, 6)
     assert np.array_equal(views[..., :3], views[..., 3:])
     # and each half gets exactly the transform an RGB image in its place would
-    rgb_views, _ = augment_training_split(images[..., :3].copy(), index, augmentation(transforms), SEED)
+    rgb_views, _ = augment_training_split(
+        images[..., :3].copy(), index, stain_reference(images), augmentation(transforms), SEED
+    )
     assert np.array_equal(views[..., :3], rgb_views)
 
 
 def test_the_configured_defaults_run(smears):
     defaults = configured_parameters()["augmentation"]
     images, index = smears
-    views, views_index = augment_training_split(images, index, defaults, SEED)
+    views, views_index = augment_training_split(images, index, stain_reference(images), defaults, SEED)
     # The default views are each image's 8 exact symmetries, more than the paper's multiplier of 4.3.
     assert defaults["dihedral_views"] and max(defaults["multiplier"].values()) <= 8
     expected = (8 * index["label"].value_counts()).to_dict()
@@ -254,7 +272,7 @@ def test_the_configured_defaults_run(smears):
 @pytest.mark.parametrize("channels", [3, 6])
 def test_examples_figure_shows_a_row_per_class(channels):
     images, index = training_split({"Benign": 2, "Early": 1, "Pre": 1, "Pro": 2}, channels=channels)
-    views, views_index = augment_training_split(images, index, augmentation(), SEED)
+    views, views_index = augment_training_split(images, index, stain_reference(images), augmentation(), SEED)
     figure = plot_augmentation_examples(views, views_index, examples_per_class=3)
     try:
         assert isinstance(figure, Figure)

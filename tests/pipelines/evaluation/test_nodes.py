@@ -15,10 +15,12 @@ import pytest
 from matplotlib.figure import Figure
 
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
+from all_detection.gradcam import gradcam_heatmaps
 from all_detection.layout import CLASSES
+from all_detection.metrics import bootstrap_intervals
+from all_detection.model_card import model_card_context, write_model_card
 from all_detection.pipelines.evaluation import figures
 from all_detection.pipelines.evaluation.figures import (
-    gradcam_heatmaps,
     plot_confusion_matrix,
     plot_gradcam,
     plot_misclassified,
@@ -29,17 +31,14 @@ from all_detection.pipelines.evaluation.figures import (
 from all_detection.pipelines.evaluation.nodes import (
     PROBABILITY_COLUMNS,
     assemble_metrics,
-    bootstrap_intervals,
     evaluate_split,
     expected_calibration_error,
     history_to_mlflow_metrics,
     measure_leakage,
-    model_card_context,
     one_vs_rest_auc,
     predict_split,
     to_mlflow_metrics,
     write_classification_report,
-    write_model_card,
 )
 from tests.configuration import configured_parameters
 
@@ -226,6 +225,47 @@ DATA_QUALITY = {
 }
 
 
+def _block(accuracy: float, interval: list[float], **extra) -> dict:
+    return {"accuracy": accuracy, "interval": interval, "recall": dict.fromkeys(CLASSES, accuracy), "n": 40,
+            **extra}  # fmt: skip
+
+
+# A shortcut audit as shortcut_audit.json holds it: a colour detector as good as the model, and a model
+# that loses 0.3 under another class's stain, half its answers then naming the stain's class.
+AUDIT = {
+    "test_images": 40,
+    "chance": {"majority_class": 0.25},
+    "null_models": {
+        "colour_statistics": _block(0.9, [0.8, 0.97], cue="global colour", classifier="LogisticRegression"),
+        "corner_patches": _block(
+            0.5, [0.35, 0.65], cue="corners", classifier="HistGradientBoostingClassifier"
+        ),
+        "thumbnail": _block(0.6, [0.45, 0.75], cue="thumbnail", classifier="HistGradientBoostingClassifier"),
+    },
+    "counterfactuals": {
+        "images": 40,
+        "images_per_class": 10,
+        "unchanged": _block(0.8, [0.675, 0.925]),
+        "pooled_stain": _block(0.75, [0.6, 0.875], change="one stain", drop=0.05),
+        "stain_swap": _block(0.5, [0.35, 0.65], change="another class's stain", drop=0.3, follows_donor=0.45),
+        "corners_painted": _block(0.8, [0.675, 0.925], change="corners painted", drop=0.0),
+        "background_flattened": _block(0.7, [0.55, 0.85], change="background flat", drop=0.1),
+        "grey_levels": _block(0.4, [0.25, 0.55], change="grey", drop=0.4),
+    },
+    "attention": {
+        "available": True,
+        "all": {
+            "share": {"blast_mask": 0.62, "corners": 0.03, "elsewhere": 0.35},
+            "area": {"blast_mask": 0.2, "corners": 0.08, "elsewhere": 0.72},
+            "n": 40,
+            "explained": 40,
+        },
+        "per_class": {},
+    },
+    "settings": {"images_per_class": 10, "seed": SEED},
+}
+
+
 def split_index(image_ids: list[str], groups: list[str], **columns: list) -> pd.DataFrame:
     return pd.DataFrame({"image_id": image_ids, "group": groups, **columns})
 
@@ -347,7 +387,7 @@ def test_history_metrics_have_one_step_per_epoch():
 
 
 def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
-    card = card_of(metrics, SUMMARY, DATA_QUALITY, MODEL)
+    card = card_of(metrics, SUMMARY, DATA_QUALITY, AUDIT, MODEL)
     low, high = metrics["test"]["confidence_intervals"]["accuracy"]
     assert "not a diagnostic device" in card
     assert "10.34740/KAGGLE/DSV/2175623" in card and "Aria" in card
@@ -362,7 +402,7 @@ def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
     assert "Synthetic data" in card  # the demo set, as its parameters say
     # A folder's name does not make data synthetic: a real set under a "demo" folder is not called one.
     assert "Synthetic data" not in card_of(
-        metrics, SUMMARY, {**DATA_QUALITY, "synthetic": False, "dataset_root": "/labs/demo_ALL"}, MODEL
+        metrics, SUMMARY, {**DATA_QUALITY, "synthetic": False, "dataset_root": "/labs/demo_ALL"}, AUDIT, MODEL
     )
     assert "Leaky protocol" not in card
     # The recipe: this run's VGG16 was frozen, and its predictions averaged over the 8 dihedral views.
@@ -371,16 +411,40 @@ def test_model_card_states_protocol_intervals_and_limitations(metrics: dict):
 
 def test_model_card_names_the_fine_tuned_layers(metrics: dict):
     recipe = {**metrics["run"]["recipe"], "cache_at": "block5_conv2", "fine_tuned_layers": ["block5_conv3"]}
-    card = card_of({**metrics, "run": {**metrics["run"], "recipe": recipe}}, SUMMARY, DATA_QUALITY, MODEL)
+    card = card_of(
+        {**metrics, "run": {**metrics["run"], "recipe": recipe}}, SUMMARY, DATA_QUALITY, AUDIT, MODEL
+    )
     assert "**Fine-tuned**" in card and "block5_conv3 trained with it" in card and "`block5_conv2`" in card
 
 
 def test_model_card_says_so_when_test_images_leaked_into_training(metrics: dict):
     leaked = {"test": {"same_source_in_training": 30, "fraction_same_source": 0.75}}
     run = {**metrics["run"], "leakage": leaked}
-    card = card_of({**metrics, "run": run}, SUMMARY, DATA_QUALITY, MODEL)
+    card = card_of({**metrics, "run": run}, SUMMARY, DATA_QUALITY, AUDIT, MODEL)
     assert "Leaky protocol" in card and "30 of the 40 test images (75.0%)" in card
     assert "before augmentation" not in card
+
+
+def test_model_card_says_what_the_model_relies_on(metrics: dict):
+    card = card_of(metrics, SUMMARY, DATA_QUALITY, AUDIT, MODEL)
+    relies = card[card.index("## What this model relies on") : card.index("## Limitations")]
+    # The model's 0.800 [0.675, ...] is not clear of a colour detector's 0.900 [..., 0.97]: said so.
+    assert "reaches 0.900 on the same test images, against the model's 0.800" in relies
+    assert "cannot show that it reads the cells' morphology" in relies
+    assert "scores 0.500 (0.300 below the same smears unchanged)" in relies and "45.0%" in relies
+    assert "62% of its Grad-CAM evidence lies on the stained cells" in relies
+    assert "| colour statistics | global colour | 0.900 | 0.800 to 0.970 |" in relies
+    assert "| stain swap | another class's stain | 0.500 | 0.350 to 0.650 | 0.300 |" in relies
+    # A model clear of every null model by both intervals is said to be.
+    strong = {**metrics, "test": {**metrics["test"], "accuracy": 0.99,
+                                  "confidence_intervals": {**metrics["test"]["confidence_intervals"],
+                                                           "accuracy": [0.98, 1.0]}}}  # fmt: skip
+    assert "above it by more than both intervals" in card_of(strong, SUMMARY, DATA_QUALITY, AUDIT, MODEL)
+    # Without Grad-CAM (another backend) the card says why.
+    blind = {**AUDIT, "attention": {"available": False, "reason": "Grad-CAM needs the TensorFlow backend"}}
+    assert "not measured (Grad-CAM needs the TensorFlow backend)" in card_of(
+        metrics, SUMMARY, DATA_QUALITY, blind, MODEL
+    )
 
 
 def test_classification_report_has_test_then_validation():
@@ -480,7 +544,7 @@ def test_gradcam_falls_back_to_a_plain_figure_without_tensorflow(
 
 
 def test_the_card_template_refuses_a_context_without_a_value_it_shows(metrics: dict):
-    context = model_card_context(metrics, SUMMARY, DATA_QUALITY, MODEL)
+    context = model_card_context(metrics, SUMMARY, DATA_QUALITY, AUDIT, MODEL)
     del context["usable_images"]
     with pytest.raises(jinja2.UndefinedError, match="usable_images"):
         write_model_card(context)

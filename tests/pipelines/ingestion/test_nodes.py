@@ -24,13 +24,18 @@ from all_detection.pipelines.ingestion.nodes import (
 from tests.defects import write_defective_dataset
 from tests.projects import run_in_process
 
-INGESTION = {"min_side_px": 32, "max_pixels": 40_000_000, "max_file_mb": 100, "near_duplicate_max_bits": 10}
+OVERLAP = {"candidates": 10, "keypoints": 500, "min_shared_keypoints": 15}
+INGESTION = {"min_side_px": 32, "max_pixels": 40_000_000, "max_file_mb": 100, "near_duplicate_max_bits": 10,
+             "overlap": OVERLAP}  # fmt: skip
+CORNERS = {"fraction": 0.15, "painted": False}
+NO_OVERLAPS = pd.DataFrame({"first": pd.Series(dtype="string"), "second": pd.Series(dtype="string"),
+                            "shared_keypoints": pd.Series(dtype="int64")})  # fmt: skip
 SPLIT = {"test_fraction": 0.2, "val_fraction": 0.1, "seed": 42}
 
 
 def ingest(root: Path, split: dict = SPLIT) -> pd.DataFrame:
     """The manifest the ingestion pipeline makes of `root`, run in memory as the project wires it."""
-    parameters = {"ingestion": INGESTION, "split": split}
+    parameters = {"ingestion": INGESTION, "split": split, "preprocessing": {"corners": CORNERS}}
     pipeline = ingestion.create_pipeline().to_outputs("manifest")
     return run_in_process(pipeline, parameters, {"raw_images": ImageFolder(root)})["manifest"]
 
@@ -143,7 +148,7 @@ def test_near_duplicates_group_transitively_and_exact_ones_are_told_apart():
             ("Original/Pro/g.jpg", "x", "0000000000000000", "quarantined"),
         ]
     )
-    grouped = group_duplicates(pair_segmented_copies(files), near_duplicate_max_bits=4).set_index("path")
+    grouped = group_duplicates(pair_segmented_copies(files), 4, NO_OVERLAPS).set_index("path")
     assert grouped["group"].tolist()[:6] == [0, 0, 0, 1, 1, 2]
     assert grouped["duplicate_kind"].tolist()[:6] == ["near"] * 3 + ["exact"] * 2 + ["unique"]
     assert pd.isna(grouped.loc["Original/Pro/g.jpg", "group"])
@@ -157,7 +162,7 @@ def test_split_is_stratified_seeded_and_keeps_groups_whole():
             # Every seventh image has a byte-identical twin.
             digest = f"{label}{index - index % 2 if index % 7 == 0 else index}"
             rows.append((f"Original/{label}/{index:03}.jpg", digest, f"{rng.integers(2**63):016x}", "ok"))
-    files = group_duplicates(pair_segmented_copies(file_table(rows)), near_duplicate_max_bits=0)
+    files = group_duplicates(pair_segmented_copies(file_table(rows)), 0, NO_OVERLAPS)
     split = assign_splits(files, SPLIT)
     assert split.groupby("group")["split"].nunique().max() == 1
     for label, members in split.groupby("label"):

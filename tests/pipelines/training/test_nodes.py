@@ -18,6 +18,7 @@ from all_detection.core.model import (
     unfreeze_last_blocks,
     vgg16_layers,
 )
+from all_detection.core.stain import stain_reference, transfer_stain
 from all_detection.core.training import class_weights
 from all_detection.layout import CLASSES
 from all_detection.parameters import ParameterError, check_pipeline_shape
@@ -26,6 +27,7 @@ from all_detection.pipelines.training.nodes import cache_base_features, fit_head
 from tests.configuration import configured_parameters
 
 MODEL = {**configured_parameters()["model"], "base_weights": None}
+PREPROCESSING = configured_parameters()["preprocessing"]
 TRAINING = configured_parameters()["training"]
 AUGMENTATION = configured_parameters()["augmentation"]
 # A randomly initialised base gives features a thousand times smaller than ImageNet's, so BatchNorm's
@@ -63,18 +65,19 @@ def toy_splits():
     return {"train": toy_smears(12, 0), "val": toy_smears(4, 1), "test": toy_smears(6, 2)}
 
 
-def train(splits: dict, training: dict) -> tuple[keras.Model, pd.DataFrame, dict]:
+def train(
+    splits: dict, training: dict, preprocessing: dict = PREPROCESSING, augmentation: dict = AUGMENTATION
+) -> tuple[keras.Model, pd.DataFrame, dict]:
     (train_images, train_index), (val_images, val_index) = splits["train"], splits["val"]
+    stain = stain_reference(train_images)
     if training["mode"] == "online":
-        return fit_online(
-            train_images, train_index, val_images, val_index, MODEL, AUGMENTATION, training, SEED
-        )
+        return fit_online(train_images, train_index, val_images, val_index, stain, MODEL, preprocessing,
+                          augmentation, training, SEED)  # fmt: skip
     train_features, val_features, _, record = cache_base_features(
-        train_images, val_images, splits["test"][0], MODEL, training, SEED
+        train_images, val_images, splits["test"][0], stain, MODEL, preprocessing, training, SEED
     )
-    return fit_head(
-        train_features, val_features, train_index, val_images, val_index, record, MODEL, training, SEED
-    )
+    return fit_head(train_features, val_features, train_index, val_images, val_index, record, stain, MODEL,
+                    preprocessing, training, SEED)  # fmt: skip
 
 
 def accuracy(classifier: keras.Model, images: np.ndarray, index: pd.DataFrame) -> float:
@@ -223,6 +226,33 @@ def test_unfreezing_counts_blocks_from_the_top():
     assert unfreeze_last_blocks(base, 0) == [] and not base.trainable
     with pytest.raises(ValueError, match="fine_tune_blocks"):
         unfreeze_last_blocks(base, 6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["cached", "online"])
+def test_a_stain_normalising_model_gives_a_restained_smear_the_same_answer(toy_splits, mode):
+    """With stain normalisation the trained model holds the training images' stain and gives every
+    image it, so a test smear restained to another stain is scored as it was; stain augmentation
+    trains in both modes too."""
+    preprocessing = {**PREPROCESSING, "stain_normalisation": "reinhard"}
+    augmentation = {**AUGMENTATION, "transforms": {**AUGMENTATION["transforms"], "stain": 1.0}}
+    classifier, _, summary = train(
+        toy_splits, {**TINY, "mode": mode, "epochs": 3}, preprocessing, augmentation
+    )
+    assert summary["stain_normalisation"] == "reinhard"
+    assert summary["stain_reference"] == stain_reference(toy_splits["train"][0])
+    extractor = classifier.get_layer("feature_extractor")
+    assert extractor.get_layer("stain_normalisation").lab_mean == summary["stain_reference"]["lab_mean"]
+    images = toy_splits["test"][0]
+    restained = keras.ops.convert_to_numpy(transfer_stain(images, [50.0, 25.0, -35.0], [12.0, 8.0, 10.0]))
+    original, changed = (
+        classifier.predict(images, verbose=0),
+        classifier.predict(restained.round(), verbose=0),
+    )
+    assert np.abs(original - changed).max() < 0.05
+    # Without normalisation the same restaining moves the answers.
+    plain, _, _ = train(toy_splits, {**TINY, "mode": mode, "epochs": 3})
+    assert np.abs(plain.predict(images, verbose=0) - plain.predict(restained.round(), verbose=0)).max() > 0.05
 
 
 @pytest.mark.slow

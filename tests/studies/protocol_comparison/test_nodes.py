@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from all_detection.core.stain import stain_reference
 from all_detection.layout import CLASSES
 from all_detection.pipelines.evaluation.nodes import measure_leakage
 from all_detection.studies.protocol_comparison.nodes import (
@@ -44,7 +45,7 @@ def stack(split: str, per_class: int, offset: int) -> tuple[np.ndarray, pd.DataF
 def paper_split() -> tuple:
     parts = [stack("train", 7, 0), stack("val", 1, 100), stack("test", 2, 150)]
     inputs = [item for part in parts for item in part]
-    return inputs, augment_then_split(*inputs, PARAMETERS["augmentation"], SPLIT)
+    return inputs, augment_then_split(*inputs, stain_reference(inputs[0]), PARAMETERS["augmentation"], SPLIT)
 
 
 def test_every_image_is_augmented_before_the_views_are_split_at_random(paper_split: tuple):
@@ -78,7 +79,7 @@ def test_every_image_is_augmented_before_the_views_are_split_at_random(paper_spl
 
 def test_the_paper_split_is_seeded(paper_split: tuple):
     inputs, first = paper_split
-    again = augment_then_split(*inputs, PARAMETERS["augmentation"], SPLIT)
+    again = augment_then_split(*inputs, stain_reference(inputs[0]), PARAMETERS["augmentation"], SPLIT)
     for one, other in zip(first, again, strict=True):
         if isinstance(one, pd.DataFrame):
             pd.testing.assert_frame_equal(one, other)

@@ -20,18 +20,25 @@ logger = logging.getLogger(__name__)
 
 
 def augment_training_split(
-    train_images: np.ndarray, train_index: pd.DataFrame, augmentation: dict[str, Any], seed: int
+    train_images: np.ndarray,
+    train_index: pd.DataFrame,
+    stain_reference: dict[str, Any],
+    augmentation: dict[str, Any],
+    seed: int,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Every training image followed by its random views, as one uint8 stack and an index of its rows.
 
     `plan_views` decides the views (exact symmetries with `augmentation.dihedral_views`, and how many
-    random ones per image, `multiplier` and `balance`), `render_views` makes them. Index columns:
-    `view_id` (`<image_id>#<view>`), `source_id`, `label`, `label_index`, `group`, `view` and `symmetry`.
+    random ones per image, `multiplier` and `balance`), `render_views` makes them, with a random stain
+    around the training images' own (`stain_reference`) when `augmentation.transforms.stain` asks for
+    one. Index columns: `view_id` (`<image_id>#<view>`), `source_id`, `label`, `label_index`, `group`,
+    `view` and `symmetry`.
     """
     if len(train_images) != len(train_index):
         raise ValueError(f"{len(train_images)} training images but {len(train_index)} index rows")
     plan = plan_views(train_index, augmentation, seed)
-    return render_views(train_images, plan, augmentation, seed), plan.drop(columns="source_row")
+    views = render_views(train_images, plan, augmentation, seed, stain_reference)
+    return views, plan.drop(columns="source_row")
 
 
 def plot_augmentation_examples(

@@ -10,7 +10,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 augment_training_split,
-                inputs=["train_images", "train_index", "params:augmentation", "params:split.seed"],
+                inputs=[
+                    "train_images",
+                    "train_index",
+                    "stain_reference",
+                    "params:augmentation",
+                    "params:split.seed",
+                ],
                 outputs=["augmented_train_images", "augmented_train_index"],
                 name="augment_training_split_node",
             ),

@@ -1,4 +1,4 @@
-"""Evaluation: predictions, metrics with bootstrap intervals, figures and a model card."""
+"""Evaluation: predictions, metrics with bootstrap intervals, and figures."""
 
 from .pipeline import create_pipeline
 

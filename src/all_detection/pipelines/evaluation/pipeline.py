@@ -1,4 +1,5 @@
-"""Wires evaluation: predict both held-out splits, score them, then report to files, MLflow and figures."""
+"""Wires evaluation: predict both held-out splits, score them, then report to files, MLflow and figures
+(the model card follows the shortcut audit, `pipelines/shortcut_audit`)."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -17,11 +18,9 @@ from .nodes import (
     evaluate_split,
     history_to_mlflow_metrics,
     measure_leakage,
-    model_card_context,
     predict_split,
     to_mlflow_metrics,
     write_classification_report,
-    write_model_card,
 )
 
 
@@ -90,18 +89,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["val_predictions", "test_predictions"],
                 outputs="classification_report",
                 name="write_classification_report_node",
-            ),
-            Node(
-                model_card_context,
-                inputs=["metrics", "training_summary", "data_quality", "params:model"],
-                outputs="model_card_context",
-                name="model_card_context_node",
-            ),
-            Node(
-                write_model_card,
-                inputs="model_card_context",
-                outputs="model_card",
-                name="write_model_card_node",
             ),
             Node(
                 plot_confusion_matrix,

@@ -31,9 +31,13 @@ from all_detection.layout import (
     SPLITS,
     usable_originals,
 )
+from all_detection.overlap import field_features, overlapping_pairs
 from all_detection.segmentation import blast_mask, dataset_mask, dice_and_iou
 
 logger = logging.getLogger(__name__)
+
+# The kinds of duplicate group `group_duplicates` forms, beside `unique` images.
+DUPLICATE_KINDS = ("exact", "near", "overlap")
 
 # Agreement below this is explained in the report rather than passed over.
 LOW_AGREEMENT = 0.8
@@ -149,32 +153,83 @@ def pair_segmented_copies(files: pd.DataFrame) -> pd.DataFrame:
     return _quarantine(files, twin_quarantined, ORIGINAL_QUARANTINED, files["counterpart"])
 
 
-def group_duplicates(files: pd.DataFrame, near_duplicate_max_bits: int) -> pd.DataFrame:
-    """Give each usable Original a duplicate `group`: byte-identical or perceptually near images share one.
+def find_overlapping_fields(
+    files: pd.DataFrame, raw_images: ImageFolder, ingestion: dict[str, Any], corners: dict[str, Any]
+) -> pd.DataFrame:
+    """Pairs of usable Originals that show the same field of a smear shifted (`overlap.overlapping_pairs`:
+    thumbnail neighbours checked by ORB keypoints and RANSAC), one row each: `first` and `second`
+    (paths, first < second) and `shared_keypoints`. `ingestion.overlap.candidates: 0` looks for none.
+    Keypoints in the corner squares (`preprocessing.corners.fraction`, the scale-bar label's) are ignored.
+    """
+    usable = files[usable_originals(files)].sort_values("path")
+    overlap = ingestion["overlap"]
+    columns = {"first": pd.Series(dtype="string"), "second": pd.Series(dtype="string"),
+               "shared_keypoints": pd.Series(dtype="int64")}  # fmt: skip
+    if not overlap["candidates"]:
+        return pd.DataFrame(columns)
+    progress = Progress(logger, "images searched for overlapping fields", len(usable))
+    features = []
+    for path in usable["path"]:
+        features.append(
+            field_features(raw_images.read_rgb(path, ingestion), overlap["keypoints"], corners["fraction"])
+        )
+        progress.advance()
+    paths = usable["path"].to_numpy()
+    pairs = overlapping_pairs(features, overlap)
+    logger.info("Overlapping fields: %d pairs of images show the same field shifted", len(pairs))
+    return pd.DataFrame(
+        {
+            "first": pd.Series([paths[first] for first, _, _ in pairs], dtype="string"),
+            "second": pd.Series([paths[second] for _, second, _ in pairs], dtype="string"),
+            "shared_keypoints": pd.Series([shared for _, _, shared in pairs], dtype="int64"),
+        }
+    )
+
+
+def group_duplicates(
+    files: pd.DataFrame, near_duplicate_max_bits: int, overlapping_fields: pd.DataFrame
+) -> pd.DataFrame:
+    """Give each usable Original a duplicate `group`: byte-identical, perceptually near and overlapping
+    images (one field, shifted: `overlapping_fields`) share one.
 
     Near duplicates are images whose 64-bit perceptual hashes differ in at most `near_duplicate_max_bits`
     bits (re-encoded, resized or slightly recoloured copies); byte-identical files differ in none.
     Groups are closed transitively, numbered from 0 in path order, and `duplicate_kind` says `exact`
-    (all members byte-identical), `near` or `unique`. Segmented copies take their Original's group.
+    (all members byte-identical), `near` (joined by perceptual hashes alone), `overlap` (joined by an
+    overlapping field that no hash saw) or `unique`. Segmented copies take their Original's group.
     """
     usable = files[usable_originals(files)].sort_values("path")
     hashes = np.array([int(value, 16) for value in usable["phash"]], dtype=np.uint64)
     first, second = near_pairs(hashes, near_duplicate_max_bits)
-    links = coo_matrix((np.ones(len(first)), (first, second)), shape=(len(usable), len(usable)))
-    _, components = connected_components(links, directed=False)
+    position = pd.Series(np.arange(len(usable)), index=usable["path"].to_numpy())
+    known = overlapping_fields["first"].isin(position.index) & overlapping_fields["second"].isin(
+        position.index
+    )
+    shifted_first = position[overlapping_fields.loc[known, "first"]].to_numpy()
+    shifted_second = position[overlapping_fields.loc[known, "second"]].to_numpy()
+    hashed = _components(first, second, len(usable))
+    joined = _components(np.r_[first, shifted_first], np.r_[second, shifted_second], len(usable))
     # Renumber so group ids follow path order, whatever order the components came in.
-    group = pd.Series(components, index=usable.index).map(
-        {component: number for number, component in enumerate(dict.fromkeys(components))}
+    group = pd.Series(joined, index=usable.index).map(
+        {component: number for number, component in enumerate(dict.fromkeys(joined))}
     )
     sizes = group.map(group.value_counts())
     single_bytes = usable.groupby(group)["sha256"].transform("nunique") == 1
-    kind = np.where(sizes == 1, "unique", np.where(single_bytes, "exact", "near"))
+    hash_groups = pd.Series(hashed, index=usable.index).groupby(group).transform("nunique")
+    kind = np.where(
+        sizes == 1, "unique", np.where(hash_groups > 1, "overlap", np.where(single_bytes, "exact", "near"))
+    )
     files = files.copy()
     files["group"] = pd.Series(pd.NA, index=files.index, dtype="Int64")
     files["duplicate_kind"] = pd.Series(pd.NA, index=files.index, dtype="string")
     files.loc[usable.index, "group"] = group
     files.loc[usable.index, "duplicate_kind"] = kind
     return _inherit_from_originals(files, ["group", "duplicate_kind"])
+
+
+def _components(first: np.ndarray, second: np.ndarray, count: int) -> np.ndarray:
+    links = coo_matrix((np.ones(len(first)), (first, second)), shape=(count, count))
+    return connected_components(links, directed=False)[1]
 
 
 def _inherit_from_originals(files: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -323,7 +378,7 @@ def summarise_data_quality(
     )
     per_class["total"] = per_class.sum(axis=1)
     quarantined = manifest[manifest["status"] == QUARANTINED]
-    grouped = originals[originals["duplicate_kind"].isin(["exact", "near"])]
+    grouped = originals[originals["duplicate_kind"].isin(DUPLICATE_KINDS)]
     duplicate_groups = [
         {
             "group": int(group),
@@ -358,7 +413,9 @@ def summarise_data_quality(
         "duplicates": {
             "exact_groups": sum(group["kind"] == "exact" for group in duplicate_groups),
             "near_groups": sum(group["kind"] == "near" for group in duplicate_groups),
+            "overlap_groups": sum(group["kind"] == "overlap" for group in duplicate_groups),
             "images_in_groups": len(grouped),
+            "images_in_overlap_groups": int((grouped["duplicate_kind"] == "overlap").sum()),
             "cross_label_groups": sum(len(group["labels"]) > 1 for group in duplicate_groups),
             "groups": duplicate_groups,
         },
@@ -383,9 +440,10 @@ def _log_summary(report: dict, per_class: pd.DataFrame) -> None:
     for reason, count in report["quarantined"]["by_reason"].items():
         logger.warning("  quarantined %d x %s", count, reason)
     logger.info(
-        "Duplicate groups: %d exact, %d near (%d images, %d with conflicting labels); "
-        "%d Originals without a Segmented copy",
-        duplicates["exact_groups"], duplicates["near_groups"], duplicates["images_in_groups"],
+        "Duplicate groups: %d exact, %d near, %d overlapping fields (%d images, %d with conflicting "
+        "labels); %d Originals without a Segmented copy",
+        duplicates["exact_groups"], duplicates["near_groups"], duplicates["overlap_groups"],
+        duplicates["images_in_groups"],
         duplicates["cross_label_groups"], len(report["segmented"]["originals_without_segmented"]),
     )  # fmt: skip
 

@@ -1,11 +1,12 @@
-"""Wires ingestion: scan the image folder (`raw_images`), settle labels and duplicates, split,
-measure the dataset's own segmentation against the project's, report."""
+"""Wires ingestion: scan the image folder (`raw_images`), settle labels, duplicates and overlapping
+fields, split, measure the dataset's own segmentation against the project's, report."""
 
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
     assign_splits,
     build_manifest,
+    find_overlapping_fields,
     group_duplicates,
     measure_segmentation_agreement,
     pair_segmented_copies,
@@ -37,8 +38,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="pair_segmented_copies_node",
             ),
             Node(
+                find_overlapping_fields,
+                inputs=["paired_files", "raw_images", "params:ingestion", "params:preprocessing.corners"],
+                outputs="overlapping_fields",
+                name="find_overlapping_fields_node",
+            ),
+            Node(
                 group_duplicates,
-                inputs=["paired_files", "params:ingestion.near_duplicate_max_bits"],
+                inputs=["paired_files", "params:ingestion.near_duplicate_max_bits", "overlapping_fields"],
                 outputs="grouped_files",
                 name="group_duplicates_node",
             ),

@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from all_detection.core.progress import Progress
+from all_detection.core.stain import stain_reference
 from all_detection.image_io import ImageFolder
 from all_detection.layout import CLASSES, SPLITS, input_channels, usable_originals
 from all_detection.segmentation import (
@@ -70,6 +71,19 @@ def prepare_model_inputs(
         logger.info("%s: %d images, %s uint8 (%.1f MB)", split, len(rows), stack.shape, stack.nbytes / 2**20)
         outputs += [stack, index]
     return tuple(outputs)
+
+
+def measure_training_stain(train_images: np.ndarray) -> dict[str, Any]:
+    """The training images' stain (`core.stain.stain_reference`): the mean CIELAB means and standard
+    deviations every image is normalised to with `preprocessing.stain_normalisation: reinhard`, and
+    their spread across images, the range stain augmentation draws from. Measured on the training
+    split only, so no validation or test image shapes the model."""
+    reference = stain_reference(train_images)
+    logger.info(
+        "Training images' stain (CIELAB): mean %s, sd %s, over %d images",
+        reference["lab_mean"], reference["lab_sd"], reference["images"],
+    )  # fmt: skip
+    return reference
 
 
 def plot_segmentation_examples(

@@ -35,18 +35,27 @@ from all_detection.layout import images_per_input
 logger = logging.getLogger(__name__)
 
 
+def normalised_stain(preprocessing: dict[str, Any], stain_reference: dict[str, Any]) -> dict[str, Any] | None:
+    """The stain the model gives every image (the training images', `stain_reference`) when
+    `preprocessing.stain_normalisation` is `reinhard`; None when it leaves stains as they are."""
+    return stain_reference if preprocessing["stain_normalisation"] == "reinhard" else None
+
+
 def cache_base_features(
     augmented_train_images: np.ndarray,
     val_images: np.ndarray,
     test_images: np.ndarray,
+    stain_reference: dict[str, Any],
     model_settings: dict[str, Any],
+    preprocessing: dict[str, Any],
     training: dict[str, Any],
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Run the frozen base once over every training view and every validation and test image.
 
     The base runs up to `training.cache_at`, VGG16's output by default, or a layer inside it whose
-    output is cached so that the layers above it can be fine-tuned on the cached maps. Returns the
+    output is cached so that the layers above it can be fine-tuned on the cached maps; with stain
+    normalisation (`normalised_stain`) every image is first given the training images' stain. Returns the
     three feature stacks (`training.feature_dtype`, float16 by default: half the memory,
     well within the precision of post-ReLU activations) and a record of the work: images, seconds,
     images/s and GFLOP/s. Only `cached` training runs it (`online` computes features every epoch).
@@ -59,7 +68,11 @@ def cache_base_features(
             model_settings["random_weights_fallback"],
         )
         extractor = build_feature_extractor(
-            base, augmented_train_images.shape[-1], model_settings["input_scaling"], training["cache_at"]
+            base,
+            augmented_train_images.shape[-1],
+            model_settings["input_scaling"],
+            training["cache_at"],
+            normalised_stain(preprocessing, stain_reference),
         )
         started = time.perf_counter()
         stacks = [
@@ -80,6 +93,7 @@ def cache_base_features(
         "feature_shape": list(stacks[0].shape[1:]),
         "feature_dtype": training["feature_dtype"],
         "feature_batch_size": training["feature_batch_size"],
+        "stain_normalisation": preprocessing["stain_normalisation"],
     }
     logger.info(
         "Cached base features of %d images in %.1f s (%.1f images/s)", count, seconds, count / seconds
@@ -94,7 +108,9 @@ def fit_head(
     val_images: np.ndarray,
     val_index: pd.DataFrame,
     feature_cache: dict[str, Any],
+    stain_reference: dict[str, Any],
     model_settings: dict[str, Any],
+    preprocessing: dict[str, Any],
     training: dict[str, Any],
     seed: int,
 ) -> tuple[keras.Model, pd.DataFrame, dict[str, Any]]:
@@ -113,7 +129,8 @@ def fit_head(
                           augmented_train_index["label_index"], one_hot(val_index["label_index"]),
                           training, seed)  # fmt: skip
 
-    return _fitted("cached", fit, val_images, feature_cache, model_settings, training, seed)
+    stain = normalised_stain(preprocessing, stain_reference)
+    return _fitted("cached", fit, val_images, feature_cache, stain, model_settings, training, seed)
 
 
 def fit_online(
@@ -121,23 +138,27 @@ def fit_online(
     train_index: pd.DataFrame,
     val_images: np.ndarray,
     val_index: pd.DataFrame,
+    stain_reference: dict[str, Any],
     model_settings: dict[str, Any],
+    preprocessing: dict[str, Any],
     augmentation: dict[str, Any],
     training: dict[str, Any],
     seed: int,
 ) -> tuple[keras.Model, pd.DataFrame, dict[str, Any]]:
     """`online` training: base and head train on the training images, augmented on the fly each epoch
-    by the same `build_augmenter` the offline views came from; then, with `training.fine_tune_blocks:
-    N`, the last N VGG16 blocks are unfrozen and trained on at `fine_tune_learning_rate`. Nothing is
-    cached, so the whole of VGG16 runs every epoch. See `_fitted` for what every mode shares and returns.
+    by the same `build_augmenter` the offline views came from (a random stain around `stain_reference`
+    with `augmentation.transforms.stain`); then, with `training.fine_tune_blocks: N`, the last N VGG16
+    blocks are unfrozen and trained on at `fine_tune_learning_rate`. Nothing is cached, so the whole of
+    VGG16 runs every epoch. See `_fitted` for what every mode shares and returns.
     """
 
     def fit(networks: _Networks, training: dict[str, Any]) -> pd.DataFrame:
         return fit_online_images(networks.extractor, networks.base, networks.head, train_images, train_index,
                                  val_images, one_hot(val_index["label_index"]), augmentation, training,
-                                 seed)  # fmt: skip
+                                 seed, stain_reference)  # fmt: skip
 
-    return _fitted("online", fit, val_images, {"mode": "online"}, model_settings, training, seed)
+    stain = normalised_stain(preprocessing, stain_reference)
+    return _fitted("online", fit, val_images, {"mode": "online"}, stain, model_settings, training, seed)
 
 
 class _Networks(NamedTuple):
@@ -155,11 +176,13 @@ def _fitted(
     fit: Callable[[_Networks, dict[str, Any]], pd.DataFrame],
     val_images: np.ndarray,
     feature_cache: dict[str, Any],
+    stain: dict[str, Any] | None,
     model_settings: dict[str, Any],
     training: dict[str, Any],
     seed: int,
 ) -> tuple[keras.Model, pd.DataFrame, dict[str, Any]]:
-    """What both training modes share: the networks built for the device, the fit, the assembled model.
+    """What both training modes share: the networks built for the device, the fit, the assembled model
+    (which gives every image the `stain` first, when normalising).
 
     Every phase stops early on validation loss, restoring the best weights, and lowers the learning
     rate on plateaus; `training.class_weight: balanced` weighs each class's images inversely to their
@@ -175,7 +198,7 @@ def _fitted(
         )
         # Online training feeds images through all of VGG16, so nothing is cut.
         cache_at = training["cache_at"] if mode == "cached" else BASE_OUTPUT
-        extractor = build_feature_extractor(base, channels, model_settings["input_scaling"], cache_at)
+        extractor = build_feature_extractor(base, channels, model_settings["input_scaling"], cache_at, stain)
         base_above = build_base_above(base, cache_at, extractor.output_shape[1:], images_per_input(channels))
         head = build_head((base_above or extractor).output_shape[1:], model_settings["head"])
         started = time.perf_counter()
@@ -192,6 +215,8 @@ def _fitted(
         "distribution": hardware["distribution"],
         "base_weights": provenance,
         "cache_at": cache_at,
+        "stain_normalisation": "none" if stain is None else "reinhard",
+        "stain_reference": stain,
         "fine_tuned_layers": tuned,
         "class_weight": training["class_weight"],
         "batch_size": training["batch_size"],

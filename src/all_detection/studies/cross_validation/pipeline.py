@@ -49,7 +49,12 @@ def fold_run(fold: str) -> Pipeline:
         name="split_fold_node",
         namespace=fold,
     )
-    stages = variant(augmentation.create_pipeline() + model_run(), fold, shared=["data_quality"])
+    # The fold's own training images give the stain the model normalises to or augments around.
+    stages = variant(
+        preprocessing.stain_measurement() + augmentation.create_pipeline() + model_run(),
+        fold,
+        shared=["data_quality", "raw_images"],
+    )
     return Pipeline([splits]) + stages
 
 

@@ -10,13 +10,15 @@ from all_detection.studies import child_runs_node, model_run, variant
 
 from .nodes import compare_input_modes, plot_input_modes
 
-MODEL_INPUTS = "prepare_model_inputs_node"
+# What each mode makes for itself: its model inputs, and the stain of its training inputs.
+MODEL_INPUTS = ("prepare_model_inputs_node", "measure_training_stain_node")
 
 
 def mode_run(input_mode: str) -> Pipeline:
-    """One input mode's run: its model inputs, then augmentation, training, evaluation, all reading
+    """One input mode's run: its model inputs and their stain, then augmentation, training, evaluation
+    and the shortcut audit, all reading
     `params:<mode>_input.preprocessing` (the configured preprocessing with this input mode)."""
-    prepared = preprocessing.create_pipeline().only_nodes(MODEL_INPUTS)
+    prepared = preprocessing.create_pipeline().only_nodes(*MODEL_INPUTS)
     return variant(
         prepared + augmentation.create_pipeline() + model_run(),
         f"{input_mode}_input",
@@ -29,7 +31,7 @@ def create_pipeline(**kwargs) -> Pipeline:
     # The segmentation report and figure come from the preprocessing pipeline as configured; only the
     # model inputs are made once per mode.
     data_preparation = preprocessing.create_pipeline()
-    shared = ingestion.create_pipeline() + (data_preparation - data_preparation.only_nodes(MODEL_INPUTS))
+    shared = ingestion.create_pipeline() + (data_preparation - data_preparation.only_nodes(*MODEL_INPUTS))
     comparison = Pipeline(
         [
             Node(

@@ -42,6 +42,7 @@ def augment_then_split(
     val_index: pd.DataFrame,
     test_images: np.ndarray,
     test_index: pd.DataFrame,
+    stain_reference: dict[str, Any],
     augmentation: dict[str, Any],
     split: dict[str, Any],
 ) -> tuple[np.ndarray, pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray, pd.DataFrame]:
@@ -54,7 +55,8 @@ def augment_then_split(
     fractions of views as `split` asks of images. Returns training, validation and test stacks with
     their indices; each view's row keeps its `source_id` and duplicate `group`, so the leakage this
     causes is measured downstream, and its `image_id` is the view's own id. The views are planned and
-    split first and made once, in split order, so the three stacks are parts of one array.
+    split first and made once, in split order, so the three stacks are parts of one array. A random
+    stain (`augmentation.transforms.stain`) is drawn around the training split's stain (`stain_reference`).
     """
     seed = split["seed"]
     plan = plan_views(pooled_index(train_index, val_index, test_index), augmentation, seed)
@@ -69,7 +71,8 @@ def augment_then_split(
     )
     parts = [np.sort(rows) for rows in (train_rows, val_rows, test_rows)]
     plan = plan.iloc[np.concatenate(parts)].reset_index(drop=True)
-    views = render_views(pooled_images(train_images, val_images, test_images), plan, augmentation, seed)
+    pooled = pooled_images(train_images, val_images, test_images)
+    views = render_views(pooled, plan, augmentation, seed, stain_reference)
     view_index = plan.drop(columns="source_row").assign(image_id=plan["view_id"])
     outputs: list[Any] = []
     start = 0

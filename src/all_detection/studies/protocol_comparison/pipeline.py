@@ -24,7 +24,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 augment_then_split,
-                inputs=[*SPLIT_STACKS, "params:augmentation", "params:split"],
+                inputs=[*SPLIT_STACKS, "stain_reference", "params:augmentation", "params:split"],
                 outputs=[
                     "paper.augmented_train_images",
                     "paper.augmented_train_index",
@@ -42,13 +42,17 @@ def create_pipeline(**kwargs) -> Pipeline:
     paper = variant(
         model_run(),
         "paper",
-        shared=["data_quality"],
+        shared=["data_quality", "raw_images", "stain_reference"],
         renamed={
             "train_images": "paper.augmented_train_images",
             "train_index": "paper.augmented_train_index",
         },
     )
-    leakage_free = variant(model_run(), "leakage_free", shared=[*SPLIT_STACKS, *VIEWS, "data_quality"])
+    leakage_free = variant(
+        model_run(),
+        "leakage_free",
+        shared=[*SPLIT_STACKS, *VIEWS, "data_quality", "raw_images", "stain_reference"],
+    )
     comparison = Pipeline(
         [
             Node(
