@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from all_detection.core.augmenter import build_augmenter, count_views
 from all_detection.core.model import DihedralView
-from all_detection.core.stain import stain_reference
+from all_detection.core.stain import stain_reference, stain_statistics
 from all_detection.layout import CLASSES
 from all_detection.pipelines.augmentation.nodes import augment_training_split, plot_augmentation_examples
 from all_detection.synthetic import render_smear
@@ -200,6 +200,26 @@ def test_dihedral_views_are_the_8_exact_symmetries_in_place_of_random_views(smea
     for number in range(8):
         turned = keras.ops.convert_to_numpy(DihedralView.of_symmetry(number)(images[:1].astype(np.float32)))
         assert np.array_equal(turned[0], views[first[number]]), number
+
+
+def test_a_random_stain_recolours_every_view_but_the_source(smears):
+    """Stain augmentation reaches the exact symmetries too (the default views), never the source: each
+    view keeps its symmetry's cells and takes a stain drawn around the training images'."""
+    images, index = smears
+    stained = augmentation({**ALL_OFF, "stain": 1.0}, dihedral=True)
+    views, views_index = augment_training_split(images, index, stain_reference(images), stained, SEED)
+    plain, _ = augment_training_split(
+        images, index, stain_reference(images), augmentation(dihedral=True), SEED
+    )
+    source = (views_index["view"] == 0).to_numpy()
+    assert np.array_equal(views[source], plain[source])
+    changed = np.abs(views[~source].astype(int) - plain[~source].astype(int)).mean(axis=(1, 2, 3))
+    assert (changed > 1).all()
+    # The stains vary from view to view, around the training images' own.
+    means, _ = stain_statistics(views[~source])
+    assert means.std(axis=0).min() > 0.5
+    again, _ = augment_training_split(images, index, stain_reference(images), stained, SEED)
+    assert np.array_equal(views, again)
 
 
 def test_dihedral_views_beyond_the_eighth_are_random_transforms(smears):
