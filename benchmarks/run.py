@@ -28,6 +28,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
 from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import ParquetDataset
+from kedro_datasets.pickle import PickleDataset
 from PIL import Image
 
 from all_detection.core.hardware import describe_device, sized_for_device
@@ -67,7 +68,8 @@ def run_stages(
 ) -> dict[str, Any]:
     """`pipeline` run by Kedro's runner with `params` (as `params:a` and `params:a.b`, the way a Kedro
     context feeds them) and the `outputs` saved as the catalog saves them, as .npy stacks and Parquet
-    indices in `folder` (others, such as the stain reference, held in memory); those outputs, loaded back."""
+    indices in `folder` (others, such as the stain reference, pickled there: the runner releases a memory
+    dataset once its last consumer has run); those outputs, loaded back."""
 
     fed = parameter_feed(params)
     catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in fed.items()})
@@ -78,7 +80,7 @@ def run_stages(
         elif name.endswith("_images"):
             catalog[name] = NumpyArrayDataset(str(folder / f"{name}.npy"))
         else:
-            catalog[name] = MemoryDataset()
+            catalog[name] = PickleDataset(filepath=str(folder / f"{name}.pkl"))
     SequentialRunner().run(pipeline, catalog)
     return {name: catalog[name].load() for name in outputs}
 
