@@ -50,6 +50,7 @@ from all_detection.core.model import (
     build_head,
     one_hot,
 )
+from all_detection.core.stain import stain_reference
 from all_detection.core.training import extract_features, fit_cached, fit_online
 
 #: The shipped training parameters this benchmark needs (conf/base/parameters_training.yml and
@@ -66,6 +67,8 @@ SHIPPED_HEAD = {"conv_filters": [256, 128, 64], "dense_units": [512, 512], "drop
 SHIPPED_TRANSFORMS = {"rotation_degrees": 180, "shear": 0.2, "zoom": 0.2, "horizontal_flip": True,
                       "vertical_flip": True, "fill_mode": "reflect", "brightness": 0.0,
                       "contrast": 0.0, "stain": 0.0}  # fmt: skip
+#: conf/base/parameters_preprocessing.yml: whether the model gives every image the training stain.
+SHIPPED_STAIN_NORMALISATION = "reinhard"
 EPOCHS = SHIPPED_TRAINING["epochs"]
 SEED = 42
 
@@ -148,8 +151,9 @@ def measure(size: int, feature_images: int, train_images: int, val_images: int) 
         result |= {"mixed_precision": hardware["mixed_precision"], "feature_batch_size":
                    sized["feature_batch_size"], "batch_size": sized["batch_size"]}  # fmt: skip
         base, _ = build_base(size, None)
-        extractor = build_feature_extractor(base, 3, "imagenet")
         images, _ = images_of_the_real_shape(feature_images, size, seed=1)
+        stain = stain_reference(images) if SHIPPED_STAIN_NORMALISATION == "reinhard" else None
+        extractor = build_feature_extractor(base, 3, "imagenet", stain_reference=stain)
         batch = sized["feature_batch_size"]
         shipped = feature_pass(extractor, images, batch)
         previous = previous_feed(extractor, images, batch)
@@ -191,7 +195,7 @@ def measure(size: int, feature_images: int, train_images: int, val_images: int) 
 
         cut = "block3_pool"  # the last two blocks, block4 and block5, above the cut
         tuned_base, _ = build_base(size, None)
-        below = build_feature_extractor(tuned_base, 3, "imagenet", cut)
+        below = build_feature_extractor(tuned_base, 3, "imagenet", cut, stain)
         maps = extract_features(below, train, sized["feature_batch_size"], "float16")
         val_maps = extract_features(below, val, sized["feature_batch_size"], "float16")
         above = build_base_above(tuned_base, cut, below.output_shape[1:], 1)

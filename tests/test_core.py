@@ -131,6 +131,7 @@ def test_the_gpu_benchmark_measures_the_shipped_parameters():
         assert training["training"][key] == value, key
     assert training["model"]["head"] == benchmark.SHIPPED_HEAD
     assert augmentation["transforms"] == benchmark.SHIPPED_TRANSFORMS
+    assert training["preprocessing"]["stain_normalisation"] == benchmark.SHIPPED_STAIN_NORMALISATION
 
 
 @pytest.mark.parametrize(("rows", "batch_size"), [(10, 4), (8, 4), (3, 5), (0, 4)])
