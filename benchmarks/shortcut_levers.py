@@ -158,7 +158,7 @@ def counterfactuals(view: str, settings: argparse.Namespace) -> None:
     audit = {**params["shortcut_audit"], "images_per_class": settings.per_class}
     for number, assigned in enumerate(folds, start=1):
         folder = CACHE / view / f"fold_{number}"
-        if (folder / "done").exists():
+        if number not in settings.folds or (folder / "done").exists():
             continue
         folder.mkdir(parents=True, exist_ok=True)
         test = index[assigned["split"].to_numpy() == "test"].reset_index()
@@ -248,6 +248,8 @@ def run(name: str, settings: argparse.Namespace) -> dict[str, Any]:
     with hardware_setup(training, seed):
         training = sized_for_device(training, 224)
         for number, assigned in enumerate(folds, start=1):
+            if number not in settings.folds:
+                continue
             split = assigned["split"].to_numpy()
             train_rows, val_rows, test_rows = (
                 np.flatnonzero(split == part) for part in ("train", "val", "test")
@@ -304,7 +306,7 @@ def fold_scores(
 
 def summarise(name: str, settings: argparse.Namespace, records: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {"name": name, "views": settings.views, "jittered": settings.jittered,
-                               "manifest": settings.manifest}  # fmt: skip
+                               "manifest": settings.manifest, "folds_measured": settings.folds}  # fmt: skip
     for part in ("unchanged", "unchanged_audited", *STAINED):
         if part not in records[0]:
             continue
@@ -350,7 +352,8 @@ def main(argv: list[str]) -> None:
         sub.add_argument("--weights", default=default_weights)
         sub.add_argument("--root", default=str(PROJECT.parent / "shared/all2021-dev"))
         sub.add_argument("--per-class", type=int, default=25, help="audited test images per class and fold")
-    measured = commands.add_parser("run")
+    for sub in (commands.choices["counterfactuals"], measured := commands.add_parser("run")):
+        sub.add_argument("--folds", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="the folds to measure")
     measured.add_argument("name")
     measured.add_argument("--views", default="original", help="the input of view 0, the tests and validation")
     measured.add_argument(
