@@ -507,6 +507,9 @@ def test_gradcam_heatmaps_cover_the_last_conv_map(tiny_models: dict, tiny_split:
     heatmaps = gradcam_heatmaps(tiny_models[3], images[:3], np.array([0, 1, 2]))
     assert heatmaps.shape == (3, SIZE // 16, SIZE // 16)  # block5_conv3 follows four poolings
     assert heatmaps.min() >= 0.0 and heatmaps.max() <= 1.0
+    # Computed a few images at a time (memory), the same heat maps as all at once.
+    in_pieces = gradcam_heatmaps(tiny_models[3], images[:3], np.array([0, 1, 2]), batch_size=2)
+    assert in_pieces == pytest.approx(heatmaps, abs=1e-5)
     dual_images = np.concatenate([images[:2], images[:2]], axis=-1)
     assert gradcam_heatmaps(tiny_models[6], dual_images, np.array([3, 0])).shape == (2, 2, 2)
 

@@ -102,14 +102,15 @@ def choose_audit_sample(test_index: pd.DataFrame, shortcut_audit: dict[str, Any]
 
 
 def _read(
-    raw_images: ImageFolder, paths: pd.Series, ingestion: dict[str, Any], what: str
-) -> list[np.ndarray]:
+    raw_images: ImageFolder, paths: pd.Series, ingestion: dict[str, Any], what: str, keep=lambda rgb: rgb
+) -> list:
+    """`keep` of each smear at `paths`, read one at a time (what is kept of a whole split is its cues)."""
     progress = Progress(logger, what, len(paths))
-    smears = []
+    kept = []
     for path in paths:
-        smears.append(raw_images.read_rgb(path, ingestion))
+        kept.append(keep(raw_images.read_rgb(path, ingestion)))
         progress.advance()
-    return smears
+    return kept
 
 
 def _scores(
@@ -165,11 +166,14 @@ def fit_null_models(
     model of the cells should beat all three by more than their intervals; if a colour detector
     matches it, its accuracy says nothing about morphology."""
     splits = {name: whole_images(index) for name, index in (("train", train_index), ("test", test_index))}
+    fraction = preprocessing["corners"]["fraction"]
+
+    def cues_of(rgb: np.ndarray) -> dict[str, np.ndarray]:
+        return cue_features(rgb, shortcut_audit, fraction)
+
     cues: dict[str, dict[str, np.ndarray]] = {}
     for split, images in splits.items():
-        smears = _read(raw_images, images["path"], ingestion, f"{split} images for the null models")
-        fraction = preprocessing["corners"]["fraction"]
-        per_smear = [cue_features(rgb, shortcut_audit, fraction) for rgb in smears]
+        per_smear = _read(raw_images, images["path"], ingestion, f"{split} images for null models", cues_of)
         cues[split] = {cue: np.stack([features[cue] for features in per_smear]) for cue in NULL_MODELS}
     truth = splits["test"]["label_index"].to_numpy()
     results = {}
