@@ -135,7 +135,11 @@ def test_cached_training_beats_chance_and_leaves_the_base_untouched(toy_splits):
 def test_online_training_beats_chance_and_gives_the_base_no_gradient(toy_splits):
     keras.utils.set_random_seed(SEED)
     reference_base, _ = build_base(32, None)
-    classifier, _, summary = train(toy_splits, {**TINY, "mode": "online"})
+    # The toy classes are told apart by their cell's hue as much as its size, and a random base sees
+    # little else: per-image stain normalisation (the default, tested in both modes below) takes much of
+    # the hue away, leaving this test's margin to chance. Here the online mechanics are under test.
+    plain = {**PREPROCESSING, "stain_normalisation": "none"}
+    classifier, _, summary = train(toy_splits, {**TINY, "mode": "online"}, plain)
     assert accuracy(classifier, *toy_splits["test"]) > 0.45
     assert summary["mode"] == "online" and summary["feature_cache"] == {"mode": "online"}
     trained_base = classifier.get_layer("feature_extractor").get_layer("vgg16")
