@@ -16,6 +16,8 @@ input mode. Everything is seeded: two runs give the same audit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import cv2
@@ -102,7 +104,11 @@ def choose_audit_sample(test_index: pd.DataFrame, shortcut_audit: dict[str, Any]
 
 
 def _read(
-    raw_images: ImageFolder, paths: pd.Series, ingestion: dict[str, Any], what: str, keep=lambda rgb: rgb
+    raw_images: ImageFolder,
+    paths: pd.Series,
+    ingestion: dict[str, Any],
+    what: str,
+    keep: Callable[[np.ndarray], Any] = lambda rgb: rgb,
 ) -> list:
     """`keep` of each smear at `paths`, read one at a time (what is kept of a whole split is its cues)."""
     progress = Progress(logger, what, len(paths))
@@ -166,11 +172,9 @@ def fit_null_models(
     model of the cells should beat all three by more than their intervals; if a colour detector
     matches it, its accuracy says nothing about morphology."""
     splits = {name: whole_images(index) for name, index in (("train", train_index), ("test", test_index))}
-    fraction = preprocessing["corners"]["fraction"]
-
-    def cues_of(rgb: np.ndarray) -> dict[str, np.ndarray]:
-        return cue_features(rgb, shortcut_audit, fraction)
-
+    cues_of = partial(
+        cue_features, shortcut_audit=shortcut_audit, corner_fraction=preprocessing["corners"]["fraction"]
+    )
     cues: dict[str, dict[str, np.ndarray]] = {}
     for split, images in splits.items():
         per_smear = _read(raw_images, images["path"], ingestion, f"{split} images for null models", cues_of)
