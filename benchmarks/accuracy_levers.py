@@ -54,7 +54,7 @@ from all_detection.studies import pooled_images, pooled_index
 from all_detection.studies.cross_validation.nodes import assign_folds, fold_splits
 
 PROJECT = Path(__file__).resolve().parents[1]
-MODEL_INPUT = PROJECT / "data" / "05_model_input"
+STACKS = PROJECT / "data" / "03_primary"
 CACHE = PROJECT / "data" / "04_feature" / "levers"
 RESULTS = Path(__file__).parent / "results" / "levers.jsonl"
 CACHED_AT = "block4_pool"
@@ -69,10 +69,10 @@ def parameters() -> dict[str, Any]:
 def cache(weights: str) -> None:
     """block4_pool maps of every usable image's 8 symmetries and of its random views, float16 on disk."""
     index = pooled_index(
-        *(pd.read_parquet(MODEL_INPUT / f"{split}_index.parquet") for split in ("train", "val", "test"))
+        *(pd.read_parquet(STACKS / f"{split}_index.parquet") for split in ("train", "val", "test"))
     )
     images = pooled_images(
-        *(np.load(MODEL_INPUT / f"{split}_images.npy", mmap_mode="r") for split in ("train", "val", "test"))
+        *(np.load(STACKS / f"{split}_images.npy", mmap_mode="r") for split in ("train", "val", "test"))
     )
     CACHE.mkdir(parents=True, exist_ok=True)
     index.to_parquet(CACHE / "index.parquet")

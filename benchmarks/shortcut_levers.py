@@ -71,7 +71,7 @@ from all_detection.studies import pooled_images, pooled_index
 from all_detection.studies.cross_validation.nodes import assign_folds, fold_splits
 
 PROJECT = Path(__file__).resolve().parents[1]
-MODEL_INPUT = PROJECT / "data" / "05_model_input"
+STACKS = PROJECT / "data" / "03_primary"
 CACHE = PROJECT / "data" / "04_feature" / "shortcut_levers"
 RESULTS = Path(__file__).parent / "results" / "shortcut_levers.jsonl"
 STAINED = ("pooled_stain", "stain_swap")
@@ -85,8 +85,8 @@ def parameters() -> dict[str, Any]:
 def dev_images() -> tuple[pd.DataFrame, np.ndarray]:
     """Every usable image's index row and pixels, sorted by image id (the order of every cache)."""
     splits = ("train", "val", "test")
-    index = pooled_index(*(pd.read_parquet(MODEL_INPUT / f"{split}_index.parquet") for split in splits))
-    images = pooled_images(*(np.load(MODEL_INPUT / f"{split}_images.npy", mmap_mode="r") for split in splits))
+    index = pooled_index(*(pd.read_parquet(STACKS / f"{split}_index.parquet") for split in splits))
+    images = pooled_images(*(np.load(STACKS / f"{split}_images.npy", mmap_mode="r") for split in splits))
     order = np.argsort(index["image_id"].to_numpy(), kind="stable")
     return index.iloc[order].reset_index(drop=True), images[order]
 

@@ -49,7 +49,7 @@ def study_runs(project: Path, study: str) -> tuple[mlflow.entities.Run, list[mlf
     """The study's MLflow run and its child runs, oldest child first."""
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("all_detection")
-    (parent,) = client.search_runs([experiment.experiment_id], f"tags.pipelines = '{study}'")
+    (parent,) = client.search_runs([experiment.experiment_id], f"tags.pipeline_names = '{study}'")
     children = client.search_runs(
         [experiment.experiment_id],
         f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
@@ -90,6 +90,11 @@ def test_protocol_comparison_reports_both_protocols_with_their_measured_leakage(
     assert children[0].data.params["leakage.test.fraction_same_source"] != "0.0"
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "paper/figures")}
     assert "paper/figures/confusion_matrix.png" in artifacts
+    # Each child run holds its model's reports, the model card among them.
+    reports = {item.path for item in client.list_artifacts(children[0].info.run_id, "reports")}
+    assert {"reports/metrics.json", "reports/model_card.md", "reports/classification_report.txt"} <= reports
+    card = client.download_artifacts(children[0].info.run_id, "reports/model_card.md", str(project))
+    assert "Leaky protocol" in Path(card).read_text()
     # A study trains models for comparison; none becomes a version of the registered model.
     assert client.search_model_versions("name='all_detection'") == []
 
@@ -102,16 +107,15 @@ def test_cross_validation_tests_every_image_once_and_logs_each_fold(project: Pat
     assert sum(fold["test"]["n"] for fold in summary["folds"].values()) == 40
     accuracies = [fold["test"]["accuracy"] for fold in summary["folds"].values()]
     assert summary["across_folds"]["test_accuracy"]["mean"] == pytest.approx(np.mean(accuracies), abs=1e-6)
-    folds = pd.read_parquet(project / "data/05_model_input/cross_validation_folds.parquet")
+    folds = pd.read_parquet(project / "data/03_primary/cross_validation_folds.parquet")
     assert len(folds) == 40 and (folds.groupby("group")["fold"].nunique() == 1).all()
     # Each fold is a namespace saving what a `kedro run` saves, in a folder named after it.
     for fold in ("fold_1", "fold_2"):
         reports = project / "data/08_reporting" / fold
-        assert {"metrics.json", "model_card.md", "confusion_matrix.png"} <= {
-            path.name for path in reports.iterdir()
-        }
+        assert {"metrics.json", "model_card.md"} <= {path.name for path in reports.iterdir()}
+        assert (reports / "figures" / "confusion_matrix.png").stat().st_size > 0
         assert (project / "data/06_models" / fold / "model.keras").is_file()
-        split = pd.read_parquet(project / "data/05_model_input" / fold / "fold_index.parquet")
+        split = pd.read_parquet(project / "data/03_primary" / fold / "fold_index.parquet")
         assert (split["split"] == "test").sum() == summary["folds"][fold]["test"]["n"]
 
     parent, children = study_runs(project, "cross_validation")
@@ -127,10 +131,10 @@ def test_input_mode_comparison_trains_one_model_per_mode(project: Path):
     for mode in table["input_mode"]:
         metrics = json.loads((project / f"data/08_reporting/{mode}_input/metrics.json").read_text())
         assert metrics["run"]["input_mode"] == mode
-        images = np.load(project / f"data/05_model_input/{mode}_input/test_images.npy", mmap_mode="r")
+        images = np.load(project / f"data/03_primary/{mode}_input/test_images.npy", mmap_mode="r")
         assert images.shape == (8, 32, 32, 6 if mode == "dual" else 3)
-    segmented = np.load(project / "data/05_model_input/segmented_input/test_images.npy")
-    original = np.load(project / "data/05_model_input/original_input/test_images.npy")
+    segmented = np.load(project / "data/03_primary/segmented_input/test_images.npy")
+    original = np.load(project / "data/03_primary/original_input/test_images.npy")
     assert (segmented == 0).mean() > (original == 0).mean()  # cells on black
     _, children = study_runs(project, "input_mode_comparison")
     assert [child.info.run_name for child in children] == ["original", "segmented", "masked", "dual"]
@@ -164,9 +168,11 @@ def test_kedro_viz_builds_a_static_site_showing_every_pipeline(project: Path):
     stages = {
         path.parent.name for path in Path(all_detection.pipelines.__file__).parent.glob("*/pipeline.py")
     }
-    assert {pipeline["id"] for pipeline in site["pipelines"]} == {"__default__", *stages, *STUDIES}
+    # Outside the demo environment the demo pipeline is not registered.
+    assert {pipeline["id"] for pipeline in site["pipelines"]} == {"__default__", *stages, *STUDIES} - {"demo"}
     assert {"ingestion", "training", "inference"} <= stages
-    layers = ["raw", "intermediate", "model_input", "feature", "models", "model_output", "reporting"]
+    layers = ["01_raw", "02_intermediate", "03_primary", "04_feature", "06_models", "07_model_output"]
+    layers.append("08_reporting")  # the data folders' names, in their order
     assert site["layers"] == layers
     for study, namespaces in (
         ("protocol_comparison", {"paper", "leakage_free"}),
@@ -181,9 +187,9 @@ def test_kedro_viz_builds_a_static_site_showing_every_pipeline(project: Path):
         assert graph["layers"] == layers, study
         tasks = [node for node in graph["nodes"] if node["type"] == "task"]
         assert tasks and all(node["tags"] for node in tasks)
-    # The image folders are datasets like any other: in the raw layer, feeding the nodes that read them.
+    # The image folders are datasets like any other: in the 01_raw layer, feeding the nodes that read them.
     for pipeline, folder in (("__default__", "raw_images"), ("inference", "inference_images")):
         graph = json.loads((project / f"build/api/pipelines/{pipeline}").read_text())
         (node,) = [node for node in graph["nodes"] if node["name"] == folder]
-        assert node["type"] == "data" and node["layer"] == "raw", node
+        assert node["type"] == "data" and node["layer"] == "01_raw", node
         assert any(edge["source"] == node["id"] for edge in graph["edges"])

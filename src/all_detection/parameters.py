@@ -10,10 +10,12 @@ every `kedro run`.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import click
+from kedro.config import OmegaConfigLoader
 from kedro.utils import find_kedro_project
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -264,8 +266,6 @@ def project_parameters(
     """The parameters of the project at `project` as a run in `env` sees them (base, then `env` or the
     default run environment), `runtime_params` applied as `--params` would: Kedro's config loader with
     the project's settings (merge strategy, the `merge` resolver), for code outside a Kedro session."""
-    from kedro.config import OmegaConfigLoader  # noqa: PLC0415
-
     from all_detection import settings  # noqa: PLC0415 - the settings import this module
 
     conf_source = project / getattr(settings, "CONF_SOURCE", "conf")
@@ -372,11 +372,28 @@ _WHAT_FOLDERS_HOLD = {
 # The parameters of the run being set up (its environment and --params), recorded by
 # `ParameterCheckHooks` before Kedro loads the pipelines, for the pipelines whose shape a parameter sets.
 _run_parameters: dict[str, Any] | None = None
+# The configuration of the newest Kedro session's context, while that context lives (a weak reference).
+_session_configuration: weakref.ref[SessionConfigLoader] | None = None
+
+
+class SessionConfigLoader(OmegaConfigLoader):
+    """Kedro's config loader (settings.CONFIG_LOADER_CLASS), which a session makes for its context with
+    its --env and --params: it remembers itself as the session's configuration, so the pipelines the
+    session registers take their shape from them even where no hook runs (kedro-viz turns the hooks off,
+    and `kedro viz run --env demo` would otherwise shape them by KEDRO_ENV)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        global _session_configuration  # noqa: PLW0603 - one session per process at a time, as Kedro's
+        _session_configuration = weakref.ref(self)
 
 
 def remember_run_parameters(parameters: dict[str, Any] | None) -> None:
-    global _run_parameters  # noqa: PLW0603 - one run per process at a time, as Kedro runs them
+    """Record the run's parameters, or with None (its end) forget them and its session's configuration."""
+    global _run_parameters, _session_configuration  # noqa: PLW0603 - one run per process at a time
     _run_parameters = parameters
+    if parameters is None:
+        _session_configuration = None
 
 
 def run_parameters() -> dict[str, Any] | None:
@@ -386,12 +403,16 @@ def run_parameters() -> dict[str, Any] | None:
 
 def shaping_parameters(project_path: Path | None = None) -> dict[str, Any] | None:
     """The parameters that shape pipelines as they are registered (the training mode, the number of
-    folds, the demo's synthetic set): the run's own (its --env and --params) in a `kedro run`;
-    outside a run (kedro-viz, a notebook) the project's conf for KEDRO_ENV, read through Kedro's
-    config loader with the project's settings; None outside a Kedro project."""
+    folds, the demo's synthetic set): the run's own (its --env and --params) in a `kedro run`; in a
+    session that runs nothing (kedro-viz's, `kedro viz build --env demo`), its configuration's;
+    otherwise (a notebook) the project's conf for KEDRO_ENV, read through Kedro's config loader with
+    the project's settings; None outside a Kedro project."""
     parameters = run_parameters()
     if parameters is not None:
         return parameters
+    session_configuration = _session_configuration() if _session_configuration else None
+    if session_configuration is not None:
+        return session_configuration["parameters"]
     project = project_path or find_kedro_project(Path.cwd())
     return None if project is None else project_parameters(project, os.environ.get("KEDRO_ENV"))
 

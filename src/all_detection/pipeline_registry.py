@@ -43,17 +43,20 @@ ON_DEMAND = {
 }
 
 
-#: The demo's synthetic set, written into the image folder (`raw_images`). When the run's parameters
-#: ask for one (`demo.synthetic_dataset`, set by conf/demo), it comes first in every pipeline that
-#: reads the image folder, so `kedro run --env demo` makes its data and then uses it.
+#: The demo's synthetic set, written into the image folder (`raw_images`). Only when the parameters
+#: ask for one (`demo.synthetic_dataset`, set by conf/demo) is it registered, and then it comes first
+#: in every pipeline that reads the image folder, so `kedro run --env demo` makes its data and then
+#: uses it; elsewhere nothing names the parameter it reads (kedro-viz would warn that it is missing).
 DEMO = {"demo": demo}
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Every stage and study by name, the demo, and `__default__`: the stages, chained."""
-    pipelines = {name: module.create_pipeline() for name, module in {**DEMO, **STAGES, **ON_DEMAND}.items()}
+    """Every stage and study by name, `__default__` (the stages, chained), and the demo if asked for."""
+    synthetic = writes_synthetic_set(shaping_parameters())
+    modules = {**(DEMO if synthetic else {}), **STAGES, **ON_DEMAND}
+    pipelines = {name: module.create_pipeline() for name, module in modules.items()}
     pipelines["__default__"] = sum((pipelines[name] for name in STAGES), Pipeline([]))
-    if writes_synthetic_set(shaping_parameters()):
+    if synthetic:
         synthetic_set = pipelines["demo"]
         pipelines = {
             name: synthetic_set + pipeline if "raw_images" in pipeline.inputs() else pipeline

@@ -1,6 +1,6 @@
 """Project settings: Kedro's defaults, plus deep-merged parameters and the hooks in a known order."""
 
-from all_detection.parameters import merged_config
+from all_detection.parameters import SessionConfigLoader, merged_config
 from all_detection.quiet import silence_known_noise
 
 # Before the libraries load: see all_detection.quiet.
@@ -31,6 +31,9 @@ HOOKS = (
 # The distribution name is spelt either way, depending on how the wheel was built.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
+# Kedro's OmegaConfigLoader, remembering the session's --env and --params for the pipelines whose shape
+# they set, also in kedro-viz, which runs no hook (all_detection.parameters.shaping_parameters).
+CONFIG_LOADER_CLASS = SessionConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

@@ -33,7 +33,8 @@ def model_run() -> Pipeline:
     """Training, evaluation and the shortcut audit as `kedro run` wires them, less the model
     registration (a study trains several models for comparison, none of which is the project's model
     of record), plus the run's record for its MLflow child run. A variant reads the image folder
-    (`raw_images`, for the audit) as it is: list it among the variant's `shared` inputs."""
+    (`raw_images`, for the audit) as it is: list it among the variant's `shared` inputs. The run's
+    reports go to its MLflow child run, so kedro-viz draws none of them around the variant's box."""
     trained = training.create_pipeline()
     record = Node(
         mlflow_run,
@@ -41,8 +42,9 @@ def model_run() -> Pipeline:
             "metrics",
             "shortcut_audit",
             "evaluation_metrics",
-            "training_history_metrics",
             "shortcut_audit_metrics",
+            "model_card",
+            "classification_report",
         ],
         outputs="mlflow_run",
         name="mlflow_run_node",
@@ -65,12 +67,35 @@ def variant(
     does not read (the training mode decides which images it reads) are left out. Parameters stay
     shared, but for the `overridden` ones, which the variant reads from `params:<namespace>.<name>`
     (`params:masked_input.preprocessing`): its settings in conf, usually the shared ones with a change
-    (see conf/base/parameters_input_mode_comparison.yml)."""
+    (see conf/base/parameters_input_mode_comparison.yml). The variant's figures (`*_figure`,
+    `*_examples`) are gathered into one dataset, `<namespace>.figures` (`figures_by_file`)."""
     overridden = set(overridden)
+    figures = sorted(name for name in pipeline.outputs() if name.endswith(FIGURE_SUFFIXES))
+    if figures:
+        pipeline += Pipeline(
+            [
+                Node(
+                    figures_by_file,
+                    inputs={name: name for name in figures},
+                    outputs="figures",
+                    name="gather_figures_node",
+                )
+            ]
+        )
     parameters = {name for name in pipeline.inputs() if name.startswith("params:")} - overridden
     inputs = {name: name for name in shared} | dict(renamed or {})
     inputs = {name: source for name, source in inputs.items() if name in pipeline.inputs()}
     return Pipeline(pipeline, namespace=namespace, inputs=inputs, parameters=parameters)
+
+
+#: How the stages name the figures they draw (`confusion_matrix_figure`, `augmentation_examples`).
+FIGURE_SUFFIXES = ("_figure", "_examples")
+
+
+def figures_by_file(**figures: Figure) -> dict[str, Figure]:
+    """A variant's figures as one folder of PNG files, each named as a `kedro run` names it
+    (`confusion_matrix.png`, `augmentation_examples.png`)."""
+    return {f"{name.removesuffix('_figure')}.png": figure for name, figure in figures.items()}
 
 
 def pooled_index(
@@ -103,8 +128,9 @@ def mlflow_run(
     metrics: dict[str, Any],
     shortcut_audit: dict[str, Any],
     evaluation_metrics: dict[str, Any],
-    training_history_metrics: dict[str, Any],
     shortcut_audit_metrics: dict[str, Any],
+    model_card: str,
+    classification_report: str,
 ) -> dict[str, Any]:
     """One study run as an MLflow child run: metrics.json's `run` block as parameters (`split_sizes.test`,
     `leakage.test.fraction_same_source`...), the final, per-epoch and audit metrics under the names a
@@ -112,8 +138,13 @@ def mlflow_run(
     flat = pd.json_normalize(metrics["run"], sep=".").iloc[0].to_dict()
     return {
         "params": {name: value for name, value in flat.items() if value is not None},
-        "metrics": {**evaluation_metrics, **training_history_metrics, **shortcut_audit_metrics},
-        "reports": {"metrics.json": metrics, "shortcut_audit.json": shortcut_audit},
+        "metrics": {**evaluation_metrics, **shortcut_audit_metrics},
+        "reports": {
+            "metrics.json": metrics,
+            "shortcut_audit.json": shortcut_audit,
+            "model_card.md": model_card,
+            "classification_report.txt": classification_report,
+        },
     }
 
 
