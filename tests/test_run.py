@@ -55,7 +55,7 @@ def test_demo_default_pipeline_prepares_augments_and_trains(project_copy: Path):
         project_copy, env="demo", pipeline="__default__", **SMALL_DEMO, preprocessing={"image_size": 32}
     )
 
-    inputs = project_copy / "data/05_model_input"
+    inputs = project_copy / "data/03_primary"
     split_ids = {}
     for split, count in (("train", 28), ("val", 4), ("test", 8)):
         images = np.load(inputs / f"{split}_images.npy", mmap_mode="r")
@@ -100,19 +100,21 @@ def test_demo_default_pipeline_prepares_augments_and_trains(project_copy: Path):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
 
     # The run says where and on what it ran, and registered the model it trained.
-    assert run.data.tags["environment"] == "demo"
+    assert run.data.tags["env"] == "demo"
     assert run.data.tags["training_mode"] == "cached"
     assert run.data.tags["device"].startswith(("CPU", "GPU"))
     assert len(run.data.tags["git_commit"]) >= 7
     assert run.data.params["data.files"] == "80" and run.data.params["data.test_images"] == "8"
     assert len(run.data.params["data.manifest_sha256"]) == 64
     registration = json.loads((project_copy / "data/08_reporting/model_registration.json").read_text())
-    assert registration["model_uri"] == "models:/all_detection/1"
+    # Trained on synthetic data: registered under its own name, never as the champion.
+    assert registration["model_uri"] == "models:/all_detection_synthetic/1"
     assert registration["run_id"] == run.info.run_id
-    (version,) = client.search_model_versions("name='all_detection'")
-    assert version.run_id == run.info.run_id
+    (version,) = client.search_model_versions("name='all_detection_synthetic'")
+    assert version.run_id == run.info.run_id and not client.get_registered_model(version.name).aliases
+    assert not client.search_registered_models("name='all_detection'")
     mlflow.set_tracking_uri(f"sqlite:///{project_copy / 'mlflow.db'}")
-    served = mlflow.pyfunc.load_model("models:/all_detection/1").predict(test_images)
+    served = mlflow.pyfunc.load_model("models:/all_detection_synthetic/1").predict(test_images)
     assert list(served.columns) == ["prob_Benign", "prob_Early", "prob_Pre", "prob_Pro"]
     np.testing.assert_allclose(served.to_numpy(), probabilities, rtol=1e-4, atol=1e-6)
 
@@ -251,11 +253,12 @@ def test_a_run_ends_with_its_figures_paths_and_mlflow_run(project_copy: Path):
     assert str(project_copy / "data/08_reporting/shortcut_audit.json") in summary
     assert "Shortcut audit: colour alone (no cell shapes) scores" in summary
     assert f"{project_copy}/mlflow.db" in summary
-    assert "MLflow run 'default cached original 32px seed42'" in summary
+    assert "MLflow run 'synthetic 32px seed42 original reinhard cached default'" in summary
     client = mlflow.MlflowClient(f"sqlite:///{project_copy / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("all_detection").experiment_id])
-    assert run.info.run_name == "default cached original 32px seed42"
+    assert run.info.run_name == "synthetic 32px seed42 original reinhard cached default"
     assert run.data.tags["runner"] == "SequentialRunner"
+    assert run.data.tags["kedro_command"] == f"kedro run --env demo --params {params}"
     assert "cached training" in run.data.tags["mlflow.note.content"]
 
 

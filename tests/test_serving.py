@@ -7,12 +7,20 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
 from all_detection.datasets import MlflowModelRegistrationDataset
-from all_detection.serving import crown_champion, servable_model
+from all_detection.provenance import manifest_provenance
+from all_detection.serving import (
+    Champion,
+    champion_decision,
+    record_model_version,
+    registered_name,
+    servable_model,
+)
 from tests.configuration import configured_parameters
 
 # Registers a model and serves it over REST.
@@ -93,20 +101,78 @@ def test_mlflow_models_serve_answers_a_concurrent_burst_correctly(registered):
     assert summary["requests"] == 24 and summary["latency_p99_s"] >= summary["latency_p50_s"] > 0
 
 
-def test_the_champion_alias_follows_the_best_test_accuracy(tmp_path: Path):
+def _metrics(accuracy: float) -> dict:
+    """metrics.json as evaluation assembles it, with what a version's record reads."""
+    return {
+        "test": {
+            "accuracy": accuracy,
+            "n": 40,
+            "confidence_intervals": {"accuracy": [accuracy - 0.1, accuracy]},
+        },
+        "run": {
+            "image_size": 224,
+            "input_mode": "original",
+            "mode": "cached",
+            "split_sizes": {"train": 100, "train_views": 800, "val": 20, "test": 40},
+            "recipe": {"cache_at": "block5_pool", "stain_normalisation": "reinhard", "tta": "dihedral"},
+        },
+    }
+
+
+def _manifest(seed: int) -> pd.DataFrame:
+    rows = [
+        (f"Original/Benign/{k}.jpg", "Benign", "ok", f"{seed}-{k}", "train", "Original") for k in range(4)
+    ]
+    return pd.DataFrame(rows, columns=["path", "label", "status", "sha256", "split", "folder"])
+
+
+def test_the_champion_is_the_best_on_the_same_test_images_and_never_synthetic(tmp_path: Path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = mlflow.create_experiment("champion", (tmp_path / "artifacts").as_uri())
+    dataset = {"root": "data/01_raw/ALL", "synthetic": False}
     try:
         client = mlflow.MlflowClient()
-        client.create_registered_model("all_detection")
-        crowned = []
-        for accuracy in (0.80, 0.70, 0.90, 0.90):
-            version = client.create_model_version("all_detection", source=str(tmp_path / "model"))
-            registration = {"registered": True, "name": "all_detection", "version": int(version.version)}
-            crowned.append(crown_champion(registration, {"test": {"accuracy": accuracy}})["champion_version"])
-        # Version 2 (0.70) and version 4 (a tie) do not displace the champion; version 3 (0.90) does.
-        assert crowned == [1, 1, 3, 3]
+
+        def register(accuracy: float, manifest: pd.DataFrame, synthetic: bool = False) -> dict:
+            name = registered_name(synthetic)
+            with mlflow.start_run(experiment_id=experiment) as run:
+                mlflow.log_params({**manifest_provenance(manifest), "dataset.synthetic": synthetic})
+                if not client.search_registered_models(f"name='{name}'"):
+                    client.create_registered_model(name)
+                version = client.create_model_version(
+                    name, source=str(tmp_path / "model"), run_id=run.info.run_id
+                )
+                registration = {"registered": True, "name": name, "version": int(version.version)}
+                return record_model_version(
+                    registration, _metrics(accuracy), manifest, {**dataset, "synthetic": synthetic}
+                )
+
+        same, other = _manifest(1), _manifest(2)
+        # A synthetic model goes to its own registered model, and is never champion.
+        demo = register(0.99, same, synthetic=True)
+        assert demo["name"] == "all_detection_synthetic" and not demo["champion"]
+        assert not client.get_model_version("all_detection_synthetic", "1").aliases
+        # On one manifest the best test accuracy holds the alias; a tie does not displace it.
+        holders = [register(accuracy, same)["champion_version"] for accuracy in (0.80, 0.70, 0.90, 0.90)]
+        assert holders == [1, 1, 3, 3]
+        # Another manifest (other files or another split) is not compared, however high it scores.
+        elsewhere = register(0.99, other)
+        assert not elsewhere["champion"] and elsewhere["champion_version"] == 3
+        assert "not comparable" in elsewhere["decision"]
         champion = client.get_model_version_by_alias("all_detection", "champion")
         assert str(champion.version) == "3" and champion.tags["test_accuracy"] == "0.900000"
-        assert crown_champion({"registered": False}, {"test": {"accuracy": 1.0}}) == {"champion": False}
+        assert champion.tags["data.manifest_sha256"] == manifest_provenance(same)["data.manifest_sha256"]
+        assert "Test accuracy 0.900 [0.800, 0.900] on 40 test images" in champion.description
+        assert "beats version 1's 0.8000" in champion.description
+        assert record_model_version({"registered": False}, _metrics(1.0), same, dataset) == {
+            "registered": False,
+            "champion": False,
+        }
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_a_synthetic_champion_left_by_an_older_version_is_replaced():
+    held = Champion(version="1", test_accuracy=0.75, manifest_sha256="a" * 64, synthetic=True)
+    assert champion_decision(held, 0.60, "b" * 64, synthetic=False)[0]
+    assert not champion_decision(None, 1.0, "b" * 64, synthetic=True)[0]

@@ -212,10 +212,11 @@ def _load_keras_file(path: Path, source: str) -> Any:
 class MlflowModelRegistrationDataset(AbstractDataset[Any, dict[str, Any]]):
     """The trained model registered in MLflow: saving a `serving.ServableModel` logs it to the run in
     progress as a pyfunc from code (`served_model.py`, no pickle) with its signature and input example,
-    registers it as a new version of `registered_name`, and writes the record of that version to
-    `filepath`; loading reads the record back (`{"registered", "name", "version", "model_uri", ...}`),
-    for the step that moves the `champion` alias. Without a run in progress (tracking off) nothing is
-    logged and the record says so.
+    registers it as a new version of the registered model it names (`all_detection`, or
+    `all_detection_synthetic` for a model of synthetic data), and writes the record of that version to
+    `filepath`; loading reads the record back (`{"registered", "name", "version", "model_uri",
+    "model_id", ...}`), for the step that describes the version and moves the `champion` alias.
+    Without a run in progress (tracking off) nothing is logged and the record says so.
 
     kedro-mlflow's model datasets take the signature from static configuration; here it follows the
     trained image size, so the model is logged by `serving.register_model`.
@@ -225,18 +226,16 @@ class MlflowModelRegistrationDataset(AbstractDataset[Any, dict[str, Any]]):
         model_registration:
           type: all_detection.datasets.MlflowModelRegistrationDataset
           filepath: data/08_reporting/model_registration.json
-          registered_name: all_detection
     """
 
-    def __init__(self, filepath: str, registered_name: str, metadata: dict[str, Any] | None = None):
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None):
         self._filepath = Path(filepath)
-        self._registered_name = registered_name
         self.metadata = metadata
 
     def save(self, data: Any) -> None:
         from all_detection.serving import register_model  # noqa: PLC0415 - imports Keras and MLflow's pyfunc
 
-        record = register_model(data.model, data.example_images, self._registered_name)
+        record = register_model(data.model, data.example_images, data.registered_name)
         self._filepath.parent.mkdir(parents=True, exist_ok=True)
         self._filepath.write_text(json.dumps(record, indent=2))
 
@@ -247,7 +246,7 @@ class MlflowModelRegistrationDataset(AbstractDataset[Any, dict[str, Any]]):
         return self._filepath.is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath), "registered_name": self._registered_name}
+        return {"filepath": str(self._filepath)}
 
 
 class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
@@ -261,7 +260,7 @@ class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
 
         train_images:
           type: all_detection.datasets.NumpyArrayDataset
-          filepath: data/05_model_input/train_images.npy
+          filepath: data/03_primary/train_images.npy
     """
 
     _SLAB_BYTES = 64 * 2**20
@@ -308,7 +307,8 @@ class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):
     run for it; each model of the study becomes a child of that run, named by its key, so the MLflow UI
     shows the study as a parent with one comparable run per model. A value holds `params` (logged as
     parameters), `metrics` (`{name: {"value", "step"}}` or a list of those, kedro-mlflow's metric-history
-    format), optional `tags`, and `reports` (`{file name: dict}`, logged as JSON under `reports/`).
+    format), optional `tags`, and `reports` (`{file name: dict or text}`, logged under `reports/` as JSON
+    or as the text it is).
     Without a run in progress (kedro-mlflow off) the children are top-level runs of the active
     experiment, tagged with the study. Write-only: read the runs back with `mlflow.search_runs`.
 
@@ -353,7 +353,10 @@ class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):
                 for start in range(0, len(metrics), self._BATCH):
                     client.log_batch(child.info.run_id, metrics=metrics[start : start + self._BATCH])
                 for file_name, content in record.get("reports", {}).items():
-                    mlflow.log_dict(content, f"reports/{file_name}")
+                    if isinstance(content, str):
+                        mlflow.log_text(content, f"reports/{file_name}")
+                    else:
+                        mlflow.log_dict(content, f"reports/{file_name}")
 
     def _describe(self) -> dict[str, Any]:
         return {"study": self._study}

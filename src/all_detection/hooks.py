@@ -5,11 +5,12 @@ says what it ran on."""
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,15 @@ import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
-from all_detection.layout import OK, QUARANTINED, SPLITS, usable_originals
+from all_detection.layout import OK, SPLITS
 from all_detection.parameters import (
     check_parameters,
     check_pipeline_shape,
     check_sources,
     remember_run_parameters,
 )
+from all_detection.provenance import manifest_provenance, mlflow_dataset
+from all_detection.tracking_store import relocate_store
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +122,10 @@ class TrackingStoreHooks:
     runs first under an exclusive lock beside the SQLite file, so the second run waits for the first
     and then finds the store and experiment made; kedro-mlflow's hook then repeats the setup at no
     cost. Stores that are not SQLite files are left to their servers.
+
+    A store whose artifacts are kept in the project (mlflow.yml's relative `artifact_location`) is first
+    pointed at this project folder's, should the project have been moved or copied
+    (`all_detection.tracking_store`).
     """
 
     @hook_impl
@@ -135,18 +142,29 @@ class TrackingStoreHooks:
         database = Path(uri.removeprefix("sqlite:///"))
         database = database if database.is_absolute() else Path(context.project_path) / database
         database.parent.mkdir(parents=True, exist_ok=True)
+        experiment = config.tracking.experiment
+        artifacts = experiment.create_experiment_kwargs.artifact_location
         with database.with_name(f"{database.name}.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            if artifacts and "://" not in artifacts and not Path(artifacts).is_absolute():
+                # The store's artifacts live in the project: a moved or copied project keeps them.
+                relocate_store(database, experiment.name, Path(context.project_path) / artifacts)
             config.setup(context)
 
 
 class RunRecordHooks:
-    """Tag each MLflow run with where and how it ran, and log the data's provenance once it is known.
+    """Tag each MLflow run with where and how it ran, and log the data it saw once that is known.
 
-    Tags: environment, pipelines, training and input modes, base weights asked for, git commit, device.
-    Once the manifest exists: its content hash and file counts, so two runs on different data never
-    look alike in the MLflow UI. Registered after kedro-mlflow's hook opens the run.
+    One tag per fact: kedro-mlflow's own (`kedro_version`, `project_path`...), then `env` always
+    (Kedro's default `local` too), the runner's class name, the pipelines as a list, the Kedro session
+    under its own name, `kedro_command` as the user typed it, the training and input modes, the base
+    weights asked for, the git commit and the device. Once the manifest exists: its digest and counts
+    as parameters (`data.*`), and the manifest as the run's MLflow dataset (the Datasets column), so two
+    runs on different data never look alike. Registered after kedro-mlflow's hook opens the run.
     """
+
+    def __init__(self) -> None:
+        self.root: str | None = None
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -155,17 +173,24 @@ class RunRecordHooks:
         from all_detection.core.hardware import describe_device  # noqa: PLC0415 - imports Keras
 
         parameters = catalog.load("parameters")
+        self.root = str(parameters["dataset"]["root"])
         pipelines = ",".join(run_params.get("pipeline_names") or ["__default__"])
+        command = typed_command(run_params)
+        # kedro-mlflow's tags for facts tagged better below: the session's id as `run_id` (not MLflow's
+        # run), and the --params, which the command and the run's parameters already hold.
+        tagged = mlflow.get_run(mlflow.active_run().info.run_id).data.tags
+        for duplicate in {"run_id", "runtime_params"} & set(tagged):
+            mlflow.delete_tag(duplicate)
         mlflow.set_tags(
             {
                 "mlflow.runName": run_name(pipelines, parameters),
-                "mlflow.note.content": run_description(
-                    pipelines, run_params.get("env") or "local", parameters
-                ),
+                "mlflow.note.content": run_description(command, parameters),
+                "kedro_command": command,
+                "env": run_params.get("env") or "local",
+                "kedro_session_id": str(run_params.get("session_id") or run_params.get("run_id") or ""),
                 # kedro-mlflow tags the runner object itself; its class name is what tells runs apart.
                 "runner": _class_name(run_params.get("runner")),
-                "environment": run_params.get("env") or "local",
-                "pipelines": pipelines,
+                "pipeline_names": pipelines,
                 "training_mode": parameters["training"]["mode"],
                 "input_mode": parameters["preprocessing"]["input_mode"],
                 "base_weights": str(parameters["model"]["base_weights"]),
@@ -177,31 +202,56 @@ class RunRecordHooks:
     @hook_impl
     def after_node_run(self, node: Any, catalog: Any, inputs: dict, outputs: dict, **kwargs: Any) -> None:
         if "manifest" in outputs and mlflow.active_run() is not None:
-            mlflow.log_params(manifest_provenance(outputs["manifest"]))
+            manifest = outputs["manifest"]
+            mlflow.log_params(manifest_provenance(manifest))
+            mlflow.log_input(mlflow_dataset(manifest, self.root or ""), context="training")
+
+
+def typed_command(run_params: dict[str, Any]) -> str:
+    """The command that started the run: as typed when it came from the `kedro` command line, else the
+    `kedro run` that does the same (a run started from Python: a notebook, a test)."""
+    if Path(sys.argv[0]).name == "kedro":
+        return shlex.join(["kedro", *sys.argv[1:]])
+    command = ["kedro", "run"]
+    pipelines = [name for name in run_params.get("pipeline_names") or [] if name != "__default__"]
+    if pipelines:
+        command.append(f"--pipeline={','.join(pipelines)}")
+    if run_params.get("env"):
+        command.append(f"--env={run_params['env']}")
+    if run_params.get("runtime_params"):
+        flat = pd.json_normalize(run_params["runtime_params"], sep=".").iloc[0].to_dict()
+        command.append("--params=" + ",".join(f"{key}={value}" for key, value in flat.items()))
+    return shlex.join(command)
 
 
 def run_name(pipelines: str, parameters: dict[str, Any]) -> str:
-    """What the run did, as the MLflow UI lists it: `default cached original 224px seed42`."""
+    """What tells a run apart from the others, first, as the MLflow UI's runs table shows as much of a
+    name as fits: `224px seed42 original reinhard cached default`, `synthetic 96px ...` for the demo."""
     training, preprocessing = parameters["training"], parameters["preprocessing"]
     return " ".join(
         [
-            pipelines.replace("__default__", "default"),
-            training["mode"],
-            preprocessing["input_mode"],
+            *(["synthetic"] if parameters["dataset"].get("synthetic") else []),
             f"{preprocessing['image_size']}px",
             f"seed{parameters['split']['seed']}",
+            preprocessing["input_mode"],
+            preprocessing.get("stain_normalisation", "none"),
+            training["mode"],
+            pipelines.replace("__default__", "default"),
         ]
     )
 
 
-def run_description(pipelines: str, env: str, parameters: dict[str, Any]) -> str:
+def run_description(command: str, parameters: dict[str, Any]) -> str:
     training, preprocessing = parameters["training"], parameters["preprocessing"]
+    synthetic = parameters["dataset"].get("synthetic")
+    kind = "**synthetic** smears (the demo's, not real data)" if synthetic else "smears"
     return (
-        f"`kedro run --pipeline {pipelines} --env {env}` on `{parameters['dataset']['root']}`: "
+        f"`{command}` on {kind} in `{parameters['dataset']['root']}`: "
         f"{training['mode']} training (VGG16 cut at {training['cache_at']}, class weights "
-        f"{training['class_weight']}, TTA {parameters['evaluation']['tta']}) on "
-        f"{preprocessing['input_mode']} images at {preprocessing['image_size']} px, "
-        f"split seed {parameters['split']['seed']}."
+        f"{training['class_weight']}, stain normalisation "
+        f"{preprocessing.get('stain_normalisation', 'none')}, TTA {parameters['evaluation']['tta']}) on "
+        f"{preprocessing['input_mode']} images at {preprocessing['image_size']} px, split seed "
+        f"{parameters['split']['seed']}."
     )
 
 
@@ -308,22 +358,6 @@ def run_summary(seen: dict[str, Any], paths: dict[str, str], run: tuple[str, str
     elif quality:
         lines.append("  Next: `kedro run` for the whole pipeline, training and evaluation included.")
     return lines
-
-
-def manifest_provenance(manifest: pd.DataFrame) -> dict[str, Any]:
-    """A content hash of the manifest and its counts, as MLflow parameters (`data.*`)."""
-    rows = pd.util.hash_pandas_object(manifest[["path", "label", "status", "sha256", "split"]], index=False)
-    usable = manifest[usable_originals(manifest)]
-    return {
-        "data.manifest_sha256": hashlib.sha256(rows.to_numpy().tobytes()).hexdigest(),
-        "data.files": len(manifest),
-        "data.quarantined": int((manifest["status"] == QUARANTINED).sum()),
-        "data.usable_images": len(usable),
-        **{
-            f"data.{split}_images": int((usable["split"] == split).sum())
-            for split in ("train", "val", "test")
-        },
-    }
 
 
 def _git_commit() -> str:

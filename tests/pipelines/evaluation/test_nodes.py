@@ -37,6 +37,7 @@ from all_detection.pipelines.evaluation.nodes import (
     measure_leakage,
     one_vs_rest_auc,
     predict_split,
+    split_mlflow_metrics,
     to_mlflow_metrics,
     write_classification_report,
 )
@@ -196,7 +197,7 @@ def test_a_class_absent_from_the_split_gives_null_not_nan():
     assert only_benign["detection"]["sensitivity"] is None
     assert only_benign["detection"]["specificity"] == 1.0
     assert all(value is None for value in only_benign["roc_auc"].values())
-    flat = to_mlflow_metrics({"test": only_benign, "val": {"n": 0}})
+    flat = split_mlflow_metrics(only_benign, "test")
     assert "test_kappa" not in flat and "test_roc_auc_macro" not in flat
     assert flat["test_accuracy"] == {"value": 1.0, "step": 0}
 
@@ -287,7 +288,7 @@ NO_LEAKAGE = measure_leakage(
 @pytest.fixture(scope="module")
 def metrics(known: dict) -> dict:
     val = evaluate_split(predictions_from(np.diag([1, 1, 1, 1])), EVALUATION, SEED)
-    preprocessing = {"input_mode": "original", "image_size": 96}
+    preprocessing = {"input_mode": "original", "image_size": 96, "stain_normalisation": "reinhard"}
     return assemble_metrics(
         val,
         known,
@@ -345,6 +346,7 @@ def test_metrics_follow_the_contract_and_are_valid_json(metrics: dict):
             "fine_tuned_layers": [],
             "class_weight": "none",
             "balanced_augmentation": False,
+            "stain_normalisation": "reinhard",
             "tta": "dihedral",
         },
         "split_sizes": {"train": 28, "train_views": 112, "val": 4, "test": 40},
@@ -354,7 +356,10 @@ def test_metrics_follow_the_contract_and_are_valid_json(metrics: dict):
 
 
 def test_mlflow_metrics_are_flat_finite_and_stably_named(metrics: dict):
-    flat = to_mlflow_metrics(metrics)
+    flat = {
+        **split_mlflow_metrics(metrics["test"], "test"),
+        **split_mlflow_metrics(metrics["val"], "validation"),
+    }
     for name in ("accuracy", "macro_f1", "weighted_f1", "kappa", "mcc", "roc_auc_macro", "ece", "sensitivity",
                  "specificity", "accuracy_ci_low", "accuracy_ci_high", "f1_Benign", "f1_Pro"):  # fmt: skip
         assert f"test_{name}" in flat and f"validation_{name}" in flat
@@ -377,10 +382,16 @@ def test_history_metrics_have_one_step_per_epoch():
         }
     )
     metrics = history_to_mlflow_metrics(history)
-    assert set(metrics) == {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds"}
+    # What was measured on training views says so: never a bare `accuracy` beside the test accuracy.
+    assert set(metrics) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "train_learning_rate",
+                            "train_epoch_seconds"}  # fmt: skip
     for entries in metrics.values():
         assert [entry["step"] for entry in entries] == [1, 2, 3, 4]
     assert metrics["val_accuracy"][2] == {"value": 0.6, "step": 3}
+    assert metrics["train_accuracy"][3] == {"value": 0.75, "step": 4}
+    # The run's page lists metrics as first logged: the test split's lead, the history comes last.
+    logged = list(to_mlflow_metrics({"accuracy": 0.9, "n": 4}, {"accuracy": 0.8, "n": 2}, history))
+    assert logged[:2] == ["test_accuracy", "validation_accuracy"] and logged[-1] == "train_epoch_seconds"
     figure = plot_training_curves(history)
     assert isinstance(figure, Figure)
     plt.close(figure)

@@ -35,7 +35,16 @@ logger = logging.getLogger(__name__)
 #: One probability column per class in the prediction frames, in the model's output order.
 LABELS: list[int] = list(range(len(CLASSES)))
 BENIGN = CLASSES.index("Benign")
-HISTORY_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "epoch_seconds")
+#: The training history's per-epoch columns (Keras' names) and the names MLflow shows them by: what was
+#: measured on the training views is `train_*`, on the validation images `val_*`.
+HISTORY_METRICS = {
+    "loss": "train_loss",
+    "accuracy": "train_accuracy",
+    "val_loss": "val_loss",
+    "val_accuracy": "val_accuracy",
+    "learning_rate": "train_learning_rate",
+    "epoch_seconds": "train_epoch_seconds",
+}
 
 
 def predict_split(
@@ -245,9 +254,9 @@ def assemble_metrics(
 ) -> dict[str, Any]:
     """metrics.json: the test and validation blocks and a `run` block saying what was evaluated (training
     mode and epochs, base weights actually used, device, input mode and size, the `recipe`: where VGG16
-    was cut and which of its layers were fine-tuned, class weights, class-balanced augmentation and
-    test-time augmentation; the split sizes with the number of training views, and the measured
-    `leakage` of training into validation and test)."""
+    was cut and which of its layers were fine-tuned, class weights, class-balanced augmentation, stain
+    normalisation and test-time augmentation; the split sizes with the number of training views, and the
+    measured `leakage` of training into validation and test)."""
     return {
         "test": test_metrics,
         "val": val_metrics,
@@ -264,6 +273,7 @@ def assemble_metrics(
                 "fine_tuned_layers": training_summary["fine_tuned_layers"],
                 "class_weight": training_summary["class_weight"],
                 "balanced_augmentation": bool(augmentation["balance"]),
+                "stain_normalisation": preprocessing.get("stain_normalisation", "none"),
                 "tta": tta,
             },
             "split_sizes": {
@@ -277,50 +287,64 @@ def assemble_metrics(
     }
 
 
-def to_mlflow_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, float | int]]:
-    """The headline numbers of metrics.json as `{name: {"value", "step": 0}}` for MLflow, named
-    `test_<metric>` and `validation_<metric>` (`test_accuracy`, `validation_f1_Benign`...), so they
-    never mix with the per-epoch `val_*` history Keras reports. Undefined values are left out."""
-    flat: dict[str, float | None] = {}
-    for split, name_prefix in (("test", "test"), ("val", "validation")):
-        block = metrics.get(split) or {}
-        named = {
-            "accuracy": ("accuracy",),
-            "macro_f1": ("macro_f1",),
-            "weighted_f1": ("weighted_f1",),
-            "kappa": ("cohen_kappa",),
-            "mcc": ("mcc",),
-            "roc_auc_macro": ("roc_auc", "macro"),
-            "ece": ("ece",),
-            "sensitivity": ("detection", "sensitivity"),
-            "specificity": ("detection", "specificity"),
-            "accuracy_ci_low": ("confidence_intervals", "accuracy", 0),
-            "accuracy_ci_high": ("confidence_intervals", "accuracy", 1),
-            "macro_f1_ci_low": ("confidence_intervals", "macro_f1", 0),
-            "macro_f1_ci_high": ("confidence_intervals", "macro_f1", 1),
-        }
-        for label in CLASSES:
-            for score in ("f1", "precision", "recall", "specificity"):
-                named[f"{score}_{label}"] = ("per_class", label, score)
-            named[f"roc_auc_{label}"] = ("roc_auc", label)
-        flat.update({f"{name_prefix}_{name}": nested(block, *path) for name, path in named.items()})
+def to_mlflow_metrics(
+    test_metrics: dict[str, Any], val_metrics: dict[str, Any], training_history: pd.DataFrame
+) -> dict[str, Any]:
+    """The run's numbers for MLflow, in the order its run page lists them (the order they are first
+    logged): the test split's headline numbers (`test_accuracy`, `test_accuracy_ci_low`...), the
+    validation split's (`validation_*`), then the per-epoch history (`train_*` and `val_*`).
+
+    Final numbers are `{"value", "step": 0}`; each history metric is a list of those, one per epoch
+    (`history_to_mlflow_metrics`). Undefined values are left out."""
+    return {
+        **split_mlflow_metrics(test_metrics, "test"),
+        **split_mlflow_metrics(val_metrics, "validation"),
+        **history_to_mlflow_metrics(training_history),
+    }
+
+
+def split_mlflow_metrics(block: dict[str, Any], prefix: str) -> dict[str, dict[str, float | int]]:
+    """One split's headline numbers as `{name: {"value", "step": 0}}`, named `<prefix>_<metric>`
+    (`test_accuracy`, `validation_f1_Benign`...); `validation_*` never mixes with the per-epoch `val_*`
+    history Keras reports. Undefined values are left out."""
+    named = {
+        "accuracy": ("accuracy",),
+        "accuracy_ci_low": ("confidence_intervals", "accuracy", 0),
+        "accuracy_ci_high": ("confidence_intervals", "accuracy", 1),
+        "macro_f1": ("macro_f1",),
+        "macro_f1_ci_low": ("confidence_intervals", "macro_f1", 0),
+        "macro_f1_ci_high": ("confidence_intervals", "macro_f1", 1),
+        "weighted_f1": ("weighted_f1",),
+        "kappa": ("cohen_kappa",),
+        "mcc": ("mcc",),
+        "roc_auc_macro": ("roc_auc", "macro"),
+        "ece": ("ece",),
+        "sensitivity": ("detection", "sensitivity"),
+        "specificity": ("detection", "specificity"),
+    }
+    for label in CLASSES:
+        for score in ("f1", "precision", "recall", "specificity"):
+            named[f"{score}_{label}"] = ("per_class", label, score)
+        named[f"roc_auc_{label}"] = ("roc_auc", label)
+    values = {f"{prefix}_{name}": nested(block or {}, *path) for name, path in named.items()}
     return {
         name: {"value": float(value), "step": 0}
-        for name, value in flat.items()
+        for name, value in values.items()
         if value is not None and np.isfinite(value)
     }
 
 
 def history_to_mlflow_metrics(training_history: pd.DataFrame) -> dict[str, list[dict[str, float | int]]]:
-    """Each per-epoch column of the training history as an MLflow metric history, one step per epoch
-    (the step is the epoch number, so a fine-tuning phase continues where the head's training stopped)."""
+    """Each per-epoch column of the training history as an MLflow metric history under its
+    `HISTORY_METRICS` name (`train_loss`, `val_accuracy`...), one step per epoch (the step is the epoch
+    number, so a fine-tuning phase continues where the head's training stopped)."""
     return {
-        column: [
+        name: [
             {"value": float(value), "step": int(epoch)}
             for epoch, value in zip(training_history["epoch"], training_history[column], strict=True)
             if np.isfinite(value)
         ]
-        for column in HISTORY_METRICS
+        for column, name in HISTORY_METRICS.items()
         if column in training_history.columns
     }
 

@@ -3,7 +3,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from all_detection.serving import crown_champion
+from all_detection.serving import record_model_version
 
 from .figures import (
     plot_confusion_matrix,
@@ -16,7 +16,6 @@ from .figures import (
 from .nodes import (
     assemble_metrics,
     evaluate_split,
-    history_to_mlflow_metrics,
     measure_leakage,
     predict_split,
     to_mlflow_metrics,
@@ -72,17 +71,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="metrics",
                 name="assemble_metrics_node",
             ),
+            # From the splits' metrics, not the assembled metrics.json, so the test numbers are logged
+            # a step before the audit's and lead the run's page in the MLflow UI.
             Node(
                 to_mlflow_metrics,
-                inputs="metrics",
+                inputs=["test_metrics", "val_metrics", "training_history"],
                 outputs="evaluation_metrics",
                 name="to_mlflow_metrics_node",
-            ),
-            Node(
-                history_to_mlflow_metrics,
-                inputs="training_history",
-                outputs="training_history_metrics",
-                name="history_to_mlflow_metrics_node",
             ),
             Node(
                 write_classification_report,
@@ -126,11 +121,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="misclassified_figure",
                 name="plot_misclassified_node",
             ),
+            # The registered version's description and tags, its test metrics, and the champion alias.
             Node(
-                crown_champion,
-                inputs=["model_registration", "metrics"],
-                outputs="champion",
-                name="crown_champion_node",
+                record_model_version,
+                inputs=["model_registration", "metrics", "manifest", "params:dataset"],
+                outputs="model_version",
+                name="record_model_version_node",
                 # As register_model_node: the studies register no model.
                 tags="registration",
             ),

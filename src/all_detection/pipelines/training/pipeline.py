@@ -97,7 +97,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             # Saving it to the catalog's model_registration registers it in MLflow.
             Node(
                 servable_model,
-                inputs=["model", "test_images"],
+                inputs=["model", "test_images", "params:dataset.synthetic"],
                 outputs="model_registration",
                 name="register_model_node",
                 # The studies (protocol_comparison...) train several models and register none of them.
