@@ -300,6 +300,12 @@ class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
         return {"filepath": str(self._filepath), "mmap_mode": self._mmap_mode}
 
 
+def log_metrics(client: mlflow.MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    """`metrics` logged to the run `run_id`, 1000 at a time (the most MLflow's log_batch takes)."""
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
 class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):
     """Each entry of a dictionary saved as an MLflow run of its own, nested under the run in progress.
 
@@ -318,9 +324,6 @@ class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):
           type: all_detection.datasets.MlflowChildRunsDataset
           study: protocol_comparison
     """
-
-    # MLflow's log_batch takes at most 1000 metrics per call.
-    _BATCH = 1000
 
     def __init__(self, study: str, metadata: dict[str, Any] | None = None):
         self._study = study
@@ -350,8 +353,7 @@ class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):
                     for key, points in record.get("metrics", {}).items()
                     for point in (points if isinstance(points, list) else [points])
                 ]
-                for start in range(0, len(metrics), self._BATCH):
-                    client.log_batch(child.info.run_id, metrics=metrics[start : start + self._BATCH])
+                log_metrics(client, child.info.run_id, metrics)
                 for file_name, content in record.get("reports", {}).items():
                     if isinstance(content, str):
                         mlflow.log_text(content, f"reports/{file_name}")

@@ -187,7 +187,7 @@ class RunRecordHooks:
                 "mlflow.note.content": run_description(command, parameters),
                 "kedro_command": command,
                 "env": run_params.get("env") or "local",
-                "kedro_session_id": str(run_params.get("session_id") or run_params.get("run_id") or ""),
+                "kedro_session_id": str(run_params.get("run_id") or ""),
                 # kedro-mlflow tags the runner object itself; its class name is what tells runs apart.
                 "runner": _class_name(run_params.get("runner")),
                 "pipeline_names": pipelines,
@@ -203,8 +203,10 @@ class RunRecordHooks:
     def after_node_run(self, node: Any, catalog: Any, inputs: dict, outputs: dict, **kwargs: Any) -> None:
         if "manifest" in outputs and mlflow.active_run() is not None:
             manifest = outputs["manifest"]
-            mlflow.log_params(manifest_provenance(manifest))
-            mlflow.log_input(mlflow_dataset(manifest, self.root or ""), context="training")
+            provenance = manifest_provenance(manifest)
+            mlflow.log_params(provenance)
+            dataset = mlflow_dataset(manifest, self.root or "", provenance["data.manifest_sha256"])
+            mlflow.log_input(dataset, context="training")
 
 
 def typed_command(run_params: dict[str, Any]) -> str:

@@ -46,9 +46,10 @@ def dataset_name(root: str) -> str:
     return PurePosixPath(str(root).replace("\\", "/").rstrip("/")).name or str(root)
 
 
-def mlflow_dataset(manifest: pd.DataFrame, root: str) -> Any:
+def mlflow_dataset(manifest: pd.DataFrame, root: str, sha256: str) -> Any:
     """The manifest as an MLflow dataset (`mlflow.log_input`): named after the dataset's folder, its
-    source that folder, its digest the manifest's (`MLFLOW_DIGEST_LENGTH` hex digits)."""
+    source that folder, its digest the manifest's SHA-256 `sha256` (its first `MLFLOW_DIGEST_LENGTH`
+    hex digits)."""
     import mlflow.data  # noqa: PLC0415
 
     with warnings.catch_warnings():
@@ -58,5 +59,5 @@ def mlflow_dataset(manifest: pd.DataFrame, root: str) -> Any:
             manifest[DIGESTED_COLUMNS],
             source=str(root),
             name=dataset_name(root),
-            digest=manifest_sha256(manifest)[:MLFLOW_DIGEST_LENGTH],
+            digest=sha256[:MLFLOW_DIGEST_LENGTH],
         )

@@ -190,12 +190,17 @@ def current_champion(client: mlflow.MlflowClient, name: str) -> Champion | None:
     )
 
 
+def _accuracy_interval(test: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The test accuracy's bootstrap interval, (None, None) where metrics.json has none."""
+    return (test.get("confidence_intervals") or {}).get("accuracy") or (None, None)
+
+
 def version_tags(metrics: dict[str, Any], manifest_sha256: str, dataset: dict[str, Any]) -> dict[str, str]:
     """One tag per fact a person filters versions by: the data, the model's input and recipe, and its test
     accuracy with the interval."""
     run, test = metrics["run"], metrics["test"]
     recipe = run.get("recipe", {})
-    low, high = (test.get("confidence_intervals") or {}).get("accuracy") or (None, None)
+    low, high = _accuracy_interval(test)
     tags = {
         "data.root": str(dataset["root"]),
         "data.synthetic": str(bool(dataset.get("synthetic"))).lower(),
@@ -220,7 +225,7 @@ def version_description(
     interval, and the champion decision."""
     run, test = metrics["run"], metrics["test"]
     recipe, sizes = run.get("recipe", {}), run["split_sizes"]
-    low, high = (test.get("confidence_intervals") or {}).get("accuracy") or (None, None)
+    low, high = _accuracy_interval(test)
     interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
     synthetic = dataset.get("synthetic")
     kind = "**synthetic** smears (the demo's generator, not real data)" if synthetic else "real smears"
@@ -291,6 +296,8 @@ def link_test_metrics(
     with the same value, step and timestamp, which the run keeps once; the model gains them."""
     from mlflow.entities import Metric  # noqa: PLC0415
 
+    from all_detection.datasets import log_metrics  # noqa: PLC0415
+
     keys = [key for key in client.get_run(run_id).data.metrics if key.startswith("test_")]
     points = [point for key in keys for point in client.get_metric_history(run_id, key)]
     linked = [
@@ -298,5 +305,4 @@ def link_test_metrics(
                dataset_digest=digest, run_id=run_id)
         for p in points
     ]  # fmt: skip
-    for start in range(0, len(linked), 1000):  # MLflow's log_batch takes at most 1000 metrics
-        client.log_batch(run_id, metrics=linked[start : start + 1000])
+    log_metrics(client, run_id, linked)

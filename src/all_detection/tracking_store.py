@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import sys
+from contextlib import closing
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def relocate_store(database: Path, experiment: str, artifact_folder: Path) -> Pa
     if not database.is_file():
         return None
     here = artifact_folder.resolve()
-    with sqlite3.connect(database) as connection:
+    # The connection commits (its own context manager), then closes (closing).
+    with closing(sqlite3.connect(database)) as connection, connection:
         row = connection.execute(
             "SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)
         ).fetchone()
