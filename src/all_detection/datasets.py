@@ -235,7 +235,7 @@ class MlflowModelRegistrationDataset(AbstractDataset[Any, dict[str, Any]]):
     def save(self, data: Any) -> None:
         from all_detection.serving import register_model  # noqa: PLC0415 - imports Keras and MLflow's pyfunc
 
-        record = register_model(data.model, data.example_images, data.registered_name)
+        record = register_model(data.model, data.example_images, data.registered_name, data.colour_range)
         self._filepath.parent.mkdir(parents=True, exist_ok=True)
         self._filepath.write_text(json.dumps(record, indent=2))
 

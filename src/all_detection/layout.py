@@ -3,10 +3,8 @@ classes, folders, splits, input modes and their channels."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import pandas as pd
+import numpy as np
+import pandas as pd
 
 #: Class folder names in `Original/` and `Segmented/`, in the order of the model's outputs.
 CLASSES: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
@@ -73,3 +71,21 @@ def input_channels(input_mode: str) -> int:
 def images_per_input(channels: int) -> int:
     """How many RGB images one stacked input holds: 2 for the dual input's 6 channels, else 1."""
     return channels // RGB_CHANNELS
+
+
+def whole_images(index: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a split's index that are images as found, not augmented views (the paper protocol's
+    splits hold views): `row` (position in the index and its stack), `path` (the file in the image
+    folder), `label` and `label_index`."""
+    rows = np.arange(len(index))
+    if "view" in index:
+        rows = rows[index["view"].to_numpy() == 0]
+    paths = index["source_id"] if "source_id" in index else index["image_id"]
+    return pd.DataFrame(
+        {
+            "row": rows,
+            "path": paths.astype(str).to_numpy()[rows],
+            "label": index["label"].astype(str).to_numpy()[rows],
+            "label_index": index["label_index"].to_numpy(dtype=np.int64)[rows],
+        }
+    )

@@ -185,6 +185,7 @@ class ShortcutAudit(Section):
     images_per_class: PositiveInt
     corner_patch_px: PositiveInt
     thumbnail_px: PositiveInt
+    colour_range_quantile: Annotated[float, Field(gt=0, le=1)]
 
 
 class CrossValidation(Section):

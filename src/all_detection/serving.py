@@ -13,6 +13,7 @@ images at the trained size with the four class probabilities.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -47,6 +48,9 @@ class StageClassifier(mlflow.pyfunc.PythonModel):
         import all_detection.core.model  # noqa: F401, PLC0415 - registers the custom layers before loading
 
         self.model = keras.models.load_model(context.artifacts["keras_model"], safe_mode=True)
+        # The training images' colour range (`shortcuts.fit_colour_range`), where the model carries one.
+        colour_range = context.artifacts.get("colour_range")
+        self.colour_range = json.loads(Path(colour_range).read_text()) if colour_range else None
 
     # `np.ndarray` alone, a type MLflow does not infer a schema from: the logged signature validates
     # the input, and a union with dict made MLflow warn on every import of this module.
@@ -71,11 +75,13 @@ def model_signature(image_size: int, channels: int) -> ModelSignature:
 
 class ServableModel(NamedTuple):
     """What registration needs: the trained model, images of the kind it takes (the first two are
-    logged as its input example) and the registered model it becomes a version of."""
+    logged as its input example), the registered model it becomes a version of, and the training
+    images' colour range, logged beside the weights."""
 
     model: keras.Model
     example_images: np.ndarray
     registered_name: str = REGISTERED_NAME
+    colour_range: dict[str, Any] | None = None
 
 
 def registered_name(synthetic: bool) -> str:
@@ -83,14 +89,22 @@ def registered_name(synthetic: bool) -> str:
     return SYNTHETIC_REGISTERED_NAME if synthetic else REGISTERED_NAME
 
 
-def servable_model(model: keras.Model, test_images: np.ndarray, synthetic: bool = False) -> ServableModel:
-    """The trained model with test images for its input example, for the catalog to register under
-    the name its data gives it (`registered_name`)."""
-    return ServableModel(model, test_images, registered_name(bool(synthetic)))
+def servable_model(
+    model: keras.Model,
+    test_images: np.ndarray,
+    synthetic: bool = False,
+    colour_range: dict[str, Any] | None = None,
+) -> ServableModel:
+    """The trained model with test images for its input example and the training images' colour range,
+    for the catalog to register under the name its data gives it (`registered_name`)."""
+    return ServableModel(model, test_images, registered_name(bool(synthetic)), colour_range)
 
 
 def register_model(
-    model: keras.Model, test_images: np.ndarray, registered_name: str = REGISTERED_NAME
+    model: keras.Model,
+    test_images: np.ndarray,
+    registered_name: str = REGISTERED_NAME,
+    colour_range: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Log the model to the active MLflow run as a pyfunc with signature and input example, and register it.
 
@@ -108,10 +122,14 @@ def register_model(
     with tempfile.TemporaryDirectory() as folder:
         keras_file = Path(folder) / "model.keras"
         model.save(keras_file)
+        artifacts = {"keras_model": str(keras_file)}
+        if colour_range is not None:
+            artifacts["colour_range"] = str(Path(folder) / "colour_range.json")
+            Path(artifacts["colour_range"]).write_text(json.dumps(colour_range))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(SERVED_MODEL_CODE),
-            artifacts={"keras_model": str(keras_file)},
+            artifacts=artifacts,
             code_paths=[str(Path(all_detection.__file__).parent)],
             signature=model_signature(image_size, channels),
             input_example=np.asarray(test_images[:2], dtype=np.float32),

@@ -94,3 +94,60 @@ def recoloured(rgb: np.ndarray, lab_mean: np.ndarray, lab_sd: np.ndarray) -> np.
     given `lab_mean` and `lab_sd` (3 each), as uint8."""
     moved = transfer_stain(rgb[None].astype(np.float32), lab_mean, lab_sd)
     return keras.ops.convert_to_numpy(moved)[0].round().clip(0, 255).astype(np.uint8)
+
+
+def colour_signature(rgb: np.ndarray, image_size: int) -> np.ndarray:
+    """`colour_statistics` of the image resized (area averaging) to `image_size` square, as the model
+    sees it: a training image and a photograph of any resolution are measured alike."""
+    return colour_statistics(cv2.resize(rgb, (image_size, image_size), interpolation=cv2.INTER_AREA))
+
+
+def fit_colour_range(signatures: np.ndarray, quantile: float, image_size: int, folds: int = 5) -> dict:
+    """The colour range of a model's images (its training and validation images), for telling a new
+    image unlike them.
+
+    `signatures` are `colour_signature`s, one row per image. Each of the 42 numbers is standardised by
+    the images' mean and sd, and their covariance estimated with Ledoit-Wolf shrinkage (stable with few
+    images per number); an image's distance is its Mahalanobis distance from the mean. `limit` is the
+    `quantile` of out-of-fold distances: each image measured against a range fitted on the other
+    `folds - 1` folds, so the limit is that of images the range has not seen, not flattered by fitting.
+    """
+    signatures = np.asarray(signatures, dtype=np.float64)
+    fold_of = np.arange(len(signatures)) % folds
+    held_out = np.concatenate(
+        [
+            colour_distance(_colour_reference(signatures[fold_of != fold]), signatures[fold_of == fold])
+            for fold in range(folds)
+            if (fold_of == fold).any() and (fold_of != fold).sum() > 1
+        ]
+        or [np.empty(0)]
+    )
+    return {
+        "measure": "Mahalanobis distance of an image's colour statistics (mean, sd and 5-95th percentiles "
+        "of R, G, B, H, S and V) from the model's images', Ledoit-Wolf covariance",
+        "image_size": int(image_size),
+        "images": len(signatures),
+        **_colour_reference(signatures),
+        "quantile": float(quantile),
+        "limit": float(np.quantile(held_out, quantile)) if len(held_out) else None,
+        "held_out_median": float(np.median(held_out)) if len(held_out) else None,
+        "folds": folds,
+    }
+
+
+def _colour_reference(signatures: np.ndarray) -> dict[str, list]:
+    from sklearn.covariance import LedoitWolf  # noqa: PLC0415 - only fitting needs it
+
+    mean, scale = signatures.mean(axis=0), signatures.std(axis=0)
+    scale[scale == 0] = 1.0
+    precision = LedoitWolf().fit((signatures - mean) / scale).precision_
+    return {"mean": mean.tolist(), "scale": scale.tolist(), "precision": precision.tolist()}
+
+
+def colour_distance(colour_range: dict, signatures: np.ndarray) -> np.ndarray:
+    """Each `colour_signature`'s (rows) Mahalanobis distance from the model's images' colour, as
+    `fit_colour_range` measured it."""
+    mean, scale = np.asarray(colour_range["mean"]), np.asarray(colour_range["scale"])
+    centred = (np.atleast_2d(signatures) - mean) / scale
+    squared = np.einsum("ij,jk,ik->i", centred, np.asarray(colour_range["precision"]), centred)
+    return np.sqrt(np.maximum(squared, 0.0))

@@ -19,7 +19,7 @@ from PIL import Image
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
 from all_detection.core.prediction import predict_probabilities
 from all_detection.image_io import ImageFolder
-from all_detection.layout import CLASSES, PROBABILITY_COLUMNS
+from all_detection.layout import CLASSES, PROBABILITY_COLUMNS, whole_images
 from all_detection.pipelines import shortcut_audit
 from all_detection.pipelines.shortcut_audit.nodes import (
     COUNTERFACTUALS,
@@ -29,7 +29,6 @@ from all_detection.pipelines.shortcut_audit.nodes import (
     plot_shortcut_audit,
     score_counterfactuals,
     shortcut_audit_mlflow_metrics,
-    whole_images,
 )
 from tests.configuration import configured_parameters
 from tests.projects import run_in_process

@@ -36,7 +36,7 @@ from all_detection.core.progress import Progress
 from all_detection.core.stain import stain_statistics
 from all_detection.gradcam import gradcam_heatmaps
 from all_detection.image_io import ImageFolder
-from all_detection.layout import CLASSES
+from all_detection.layout import CLASSES, whole_images
 from all_detection.metrics import bootstrap_intervals, reported
 from all_detection.segmentation import blast_mask, dilated, model_input
 from all_detection.shortcuts import (
@@ -68,24 +68,6 @@ COUNTERFACTUALS = {
 }
 #: Where Grad-CAM's evidence can lie: on the stained cells, in the corners, or anywhere else.
 REGIONS = ("blast_mask", "corners", "elsewhere")
-
-
-def whole_images(index: pd.DataFrame) -> pd.DataFrame:
-    """The rows of a split's index that are images as found, not augmented views (the paper protocol's
-    splits hold views): `row` (position in the index and its stack), `path` (the file in the image
-    folder), `label` and `label_index`."""
-    rows = np.arange(len(index))
-    if "view" in index:
-        rows = rows[index["view"].to_numpy() == 0]
-    paths = index["source_id"] if "source_id" in index else index["image_id"]
-    return pd.DataFrame(
-        {
-            "row": rows,
-            "path": paths.astype(str).to_numpy()[rows],
-            "label": index["label"].astype(str).to_numpy()[rows],
-            "label_index": index["label_index"].to_numpy(dtype=np.int64)[rows],
-        }
-    )
 
 
 def choose_audit_sample(test_index: pd.DataFrame, shortcut_audit: dict[str, Any], seed: int) -> pd.DataFrame:

@@ -28,9 +28,12 @@ from all_detection.core.model import (
     build_head,
     one_hot,
 )
+from all_detection.core.progress import Progress
 from all_detection.core.training import extract_features, fit_cached
 from all_detection.core.training import fit_online as fit_online_images
-from all_detection.layout import images_per_input
+from all_detection.image_io import ImageFolder
+from all_detection.layout import images_per_input, whole_images
+from all_detection.shortcuts import colour_signature, fit_colour_range
 
 logger = logging.getLogger(__name__)
 
@@ -234,3 +237,31 @@ def _fitted(
         mode, len(history), seconds, summary["best_epoch"], summary["best_val_accuracy"],
     )  # fmt: skip
     return classifier, history, summary
+
+
+def describe_colour_range(
+    train_index: pd.DataFrame,
+    val_index: pd.DataFrame,
+    raw_images: ImageFolder,
+    preprocessing: dict[str, Any],
+    ingestion: dict[str, Any],
+    shortcut_audit: dict[str, Any],
+) -> dict[str, Any]:
+    """The colour range of the images the model learnt from (training and validation, as found, not
+    their augmented views), which travels with the registered model: an image whose colour lies beyond
+    it (`shortcuts.colour_distance` above `limit`) is unlike all of them, which the smear page says
+    beside its answer. Measured at the model's image size; `limit` is the
+    `shortcut_audit.colour_range_quantile` of the images' out-of-fold distances (`fit_colour_range`)."""
+    size = preprocessing["image_size"]
+    paths = pd.concat([whole_images(train_index)["path"], whole_images(val_index)["path"]])
+    progress = Progress(logger, "images' colour", len(paths))
+    rows = []
+    for path in paths:
+        rows.append(colour_signature(raw_images.read_rgb(path, ingestion), size))
+        progress.advance()
+    colour_range = fit_colour_range(np.stack(rows), shortcut_audit["colour_range_quantile"], size)
+    logger.info(
+        "Colour range of %d training and validation images: %.0f%% lie within distance %.2f out of fold",
+        colour_range["images"], 100 * colour_range["quantile"], colour_range["limit"] or float("nan"),
+    )  # fmt: skip
+    return colour_range

@@ -13,7 +13,7 @@ from all_detection.core.model import with_test_time_augmentation
 from all_detection.parameters import shaping_parameters
 from all_detection.serving import servable_model
 
-from .nodes import cache_base_features, fit_head, fit_online
+from .nodes import cache_base_features, describe_colour_range, fit_head, fit_online
 
 TRAINED = ["trained_classifier", "training_history", "training_summary"]
 
@@ -94,10 +94,26 @@ def create_pipeline(**kwargs) -> Pipeline:
                 outputs="model",
                 name="add_test_time_augmentation_node",
             ),
+            # The training images' colour range travels with the registered model (the smear page's
+            # warning for an image unlike them).
+            Node(
+                describe_colour_range,
+                inputs=[
+                    "train_index",
+                    "val_index",
+                    "raw_images",
+                    "params:preprocessing",
+                    "params:ingestion",
+                    "params:shortcut_audit",
+                ],
+                outputs="colour_range",
+                name="describe_colour_range_node",
+                tags="registration",
+            ),
             # Saving it to the catalog's model_registration registers it in MLflow.
             Node(
                 servable_model,
-                inputs=["model", "test_images", "params:dataset.synthetic"],
+                inputs=["model", "test_images", "params:dataset.synthetic", "colour_range"],
                 outputs="model_registration",
                 name="register_model_node",
                 # The studies (protocol_comparison...) train several models and register none of them.
