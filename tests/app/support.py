@@ -6,9 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from all_detection.app.process import page_process
 from all_detection.synthetic import synthetic_files
 from tests.defects import png_header_claiming
 from tests.projects import run_session
@@ -34,12 +32,6 @@ HOSTILE = {
     "bomb.png": "decompression bomb",
     "empty.jpg": "empty file",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def hostile_bytes(good_jpeg: bytes) -> dict[str, bytes]:
@@ -83,28 +75,13 @@ def pipeline_predictions(project: Path, folder: Path, model_uri: str) -> pd.Data
 
 @contextlib.contextmanager
 def started_app(project: Path, *arguments: str) -> Iterator[str]:
-    """`python -m all_detection.app` on a free port; its base URL once it answers."""
-    port = free_port()
-    log = (project / f"app-{port}.log").open("w")
-    command = [sys.executable, "-m", "all_detection.app", "--project", str(project), "--env", "demo",
-               "--port", str(port), *arguments]  # fmt: skip
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=project)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/api/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((project / f"app-{port}.log").read_text()[-4000:]) from None
-                time.sleep(0.5)
+    """`python -m all_detection.app --project <project>` serving the demo's model on a free port,
+    started from the folder above the project; its base URL once it answers. Its log is kept in the
+    project folder for a failure's inspection."""
+    arguments = ("--env", "demo", *arguments)
+    log = (project / "app.log").open("a")
+    with log, page_process(project, arguments, log, cwd=project.parent) as url:
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-        log.close()
 
 
 def get_json(url: str) -> dict:

@@ -20,11 +20,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from all_detection.app.process import free_port
 from all_detection.layout import CLASSES, PROBABILITY_COLUMNS
 from tests.app.support import (
     HOSTILE,
     finished_batch,
-    free_port,
     get_json,
     pipeline_predictions,
     post_files,
@@ -35,7 +35,9 @@ from tests.app.support import (
 pytestmark = pytest.mark.slow
 
 
-def test_the_page_serves_the_demo_model_with_its_card_and_nothing_from_the_network(page: str):
+def test_the_page_serves_the_demo_model_with_its_card_and_nothing_from_the_network(
+    page: str, demo_project: Path
+):
     with urllib.request.urlopen(page) as answer:
         html = answer.read().decode()
     assert "For research, not diagnosis." in html
@@ -46,6 +48,7 @@ def test_the_page_serves_the_demo_model_with_its_card_and_nothing_from_the_netwo
     assert card["shortcut_audit"]["colour_null_accuracy"] is not None
     assert card["colour_range"]["limit"] > 0 and card["run_id"] and card["model_card_md"].startswith("#")
     assert card["mlflow_run_url"].endswith(f"/runs/{card['run_id']}")
+    assert not (demo_project.parent / "mlflow.db").exists()  # started from outside, the project's store
     static = Path(__file__).parents[2] / "src/all_detection/app/static"
     for asset in static.iterdir():  # every asset is served from here: no CDN, no web font
         assert "http://" not in asset.read_text() and "https://" not in asset.read_text(), asset.name
@@ -71,6 +74,7 @@ def test_an_image_gets_the_inference_pipeline_s_row_and_its_evidence(page: str, 
         png = Image.open(io.BytesIO(base64.b64decode(picture.removeprefix("data:image/png;base64,"))))
         assert png.format == "PNG" and png.size == (224, 224)
     assert answer["colour"]["available"] and answer["colour"]["within"]
+    assert answer["blast_mask_message"].startswith("Blast mask")
     assert answer["disclaimer"] == "For research, not diagnosis."
 
 

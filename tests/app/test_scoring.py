@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from all_detection.app.scoring import folder_label, folder_slices, safe_relative_path
+from all_detection.app.scoring import blast_mask_message, folder_label, folder_slices, safe_relative_path
 from all_detection.shortcuts import colour_distance, fit_colour_range
 
 
@@ -65,3 +65,9 @@ def test_the_colour_range_holds_images_like_its_own_and_not_others():
     assert 0.0 <= beyond < 0.05
     shifted = alike + 3 * own.std(axis=0)  # every number three sds off: another stain
     assert np.all(colour_distance(colour_range, shifted) > colour_range["limit"])
+
+
+def test_an_empty_blast_mask_is_said_to_mean_nothing_about_the_cells():
+    assert blast_mask_message(0.0823) == "Blast mask (HSV, green outline): 8.2% of the image."
+    empty = blast_mask_message(0.0004)
+    assert empty.startswith("Blast mask: no stained cells found.") and "Pro" in empty

@@ -3,6 +3,7 @@ judge it: the preprocessing it was trained with, the training images' colour ran
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -48,9 +49,16 @@ def project_context(project: Path, env: str | None = None) -> Any:
     from kedro.framework.session import KedroSession  # noqa: PLC0415
     from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
 
-    bootstrap_project(project)
-    with KedroSession.create(project_path=project, env=env) as session:
-        return session.load_context()
+    # As `kedro` commands run, in the project folder: conf/base/mlflow.yml's relative SQLite path names
+    # the project's store, which then stays named by its absolute path wherever this process goes.
+    with contextlib.chdir(project):
+        bootstrap_project(project)
+        with KedroSession.create(project_path=project, env=env) as session:
+            context = session.load_context()
+        uri = mlflow.get_tracking_uri()
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+            mlflow.set_tracking_uri(f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}")
+    return context
 
 
 def default_model_uri(client: mlflow.MlflowClient) -> str:

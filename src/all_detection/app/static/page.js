@@ -50,7 +50,7 @@ function renderAnswer(card, answer) {
   $(".stage", card).append("Stage: ", element("strong", { class: "predicted" }, answer.predicted),
     ` (${percent(answer.probabilities[answer.predicted])})`);
   const detection = answer.detection;
-  $(".detection", card).textContent = `Detection: ${detection.answer} (probability of malignant, ` +
+  $(".detection", card).textContent = `Detection: ${detection.answer} (probability of ` +
     `${detection.positive}: ${percent(detection.malignant_probability)})`;
   const bars = $(".bars", card);
   for (const label of CLASSES) {
@@ -69,6 +69,7 @@ function renderAnswer(card, answer) {
   $(".picture-image", card).src = answer.pictures.image;
   $(".picture-gradcam", card).src = answer.pictures.gradcam;
   $(".picture-mask", card).src = answer.pictures.blast_mask;
+  $(".mask-caption", card).textContent = answer.blast_mask_message;
 }
 
 async function scoreImages(files) {
