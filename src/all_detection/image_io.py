@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,7 +23,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from all_detection.core.progress import Progress
 from all_detection.layout import OK, ORIGINAL_DIR, QUARANTINED, SEGMENTED_DIR
+
+logger = logging.getLogger(__name__)
 
 # Quarantine reasons a file's bytes can earn. They are fixed phrases so reports can count by reason;
 # the specifics of each case go into the detail text beside them.
@@ -284,3 +288,20 @@ class ImageFolder:
         """An image's pixels as RGB uint8, through the same gate and limits as its verdict (the file may
         have changed since): `UnusableImage` if it no longer passes, `OSError` if it cannot be read."""
         return decode_rgb(read_regular_file(self.root, relative), **decode_limits(limits)).rgb
+
+    def read_each(
+        self,
+        paths: Iterable[PurePosixPath | str],
+        limits: dict[str, Any],
+        what: str,
+        keep: Callable[[np.ndarray], Any] = lambda rgb: rgb,
+    ) -> list:
+        """`keep` of each image at `paths` (`read_rgb`), read one at a time so only what is kept stays
+        in memory (e.g. a whole split's colour statistics), with its progress logged as `what`."""
+        paths = list(paths)
+        progress = Progress(logger, what, len(paths))
+        kept = []
+        for path in paths:
+            kept.append(keep(self.read_rgb(path, limits)))
+            progress.advance()
+        return kept

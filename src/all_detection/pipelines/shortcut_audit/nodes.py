@@ -16,7 +16,6 @@ input mode. Everything is seeded: two runs give the same audit.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -32,7 +31,6 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from all_detection.core.prediction import predict_probabilities
-from all_detection.core.progress import Progress
 from all_detection.core.stain import stain_statistics
 from all_detection.gradcam import gradcam_heatmaps
 from all_detection.image_io import ImageFolder
@@ -83,22 +81,6 @@ def choose_audit_sample(test_index: pd.DataFrame, shortcut_audit: dict[str, Any]
         take = min(len(rows), int(shortcut_audit["images_per_class"]))
         chosen.append(rng.choice(rows, size=take, replace=False))
     return images.iloc[np.sort(np.concatenate(chosen))].reset_index(drop=True)
-
-
-def _read(
-    raw_images: ImageFolder,
-    paths: pd.Series,
-    ingestion: dict[str, Any],
-    what: str,
-    keep: Callable[[np.ndarray], Any] = lambda rgb: rgb,
-) -> list:
-    """`keep` of each smear at `paths`, read one at a time (what is kept of a whole split is its cues)."""
-    progress = Progress(logger, what, len(paths))
-    kept = []
-    for path in paths:
-        kept.append(keep(raw_images.read_rgb(path, ingestion)))
-        progress.advance()
-    return kept
 
 
 def _scores(
@@ -159,7 +141,8 @@ def fit_null_models(
     )
     cues: dict[str, dict[str, np.ndarray]] = {}
     for split, images in splits.items():
-        per_smear = _read(raw_images, images["path"], ingestion, f"{split} images for null models", cues_of)
+        what = f"{split} images for null models"
+        per_smear = raw_images.read_each(images["path"], ingestion, what, cues_of)
         cues[split] = {cue: np.stack([features[cue] for features in per_smear]) for cue in NULL_MODELS}
     truth = splits["test"]["label_index"].to_numpy()
     results = {}
@@ -242,7 +225,7 @@ def score_counterfactuals(
     results["unchanged"] = _scores(
         truth, unchanged["predicted_index"].to_numpy(dtype=np.int64), evaluation, seed
     )
-    smears = _read(raw_images, audit_sample["path"], ingestion, "audited images")
+    smears = raw_images.read_each(audit_sample["path"], ingestion, "audited images")
     changed, donors = counterfactual_smears(smears, truth, shortcut_audit, preprocessing, seed)
     baseline = results["unchanged"]["accuracy"]
     for name, description in COUNTERFACTUALS.items():
@@ -275,7 +258,7 @@ def locate_attention(
         return {"available": False, "reason": "Grad-CAM needs the TensorFlow backend"}
     if audit_sample.empty:
         return {"available": False, "reason": "no test images to explain"}
-    smears = _read(raw_images, audit_sample["path"], ingestion, "images for Grad-CAM")
+    smears = raw_images.read_each(audit_sample["path"], ingestion, "images for Grad-CAM")
     explained = test_predictions["predicted_index"].to_numpy(dtype=np.int64)[audit_sample["row"].to_numpy()]
     heatmaps = gradcam_heatmaps(model, model_inputs(smears, preprocessing), explained)
     shares, areas = [], []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import keras
@@ -28,7 +29,6 @@ from all_detection.core.model import (
     build_head,
     one_hot,
 )
-from all_detection.core.progress import Progress
 from all_detection.core.training import extract_features, fit_cached
 from all_detection.core.training import fit_online as fit_online_images
 from all_detection.image_io import ImageFolder
@@ -254,11 +254,8 @@ def describe_colour_range(
     `shortcut_audit.colour_range_quantile` of the images' out-of-fold distances (`fit_colour_range`)."""
     size = preprocessing["image_size"]
     paths = pd.concat([whole_images(train_index)["path"], whole_images(val_index)["path"]])
-    progress = Progress(logger, "images' colour", len(paths))
-    rows = []
-    for path in paths:
-        rows.append(colour_signature(raw_images.read_rgb(path, ingestion), size))
-        progress.advance()
+    signature = partial(colour_signature, image_size=size)
+    rows = raw_images.read_each(paths, ingestion, "images' colour", signature)
     colour_range = fit_colour_range(np.stack(rows), shortcut_audit["colour_range_quantile"], size)
     logger.info(
         "Colour range of %d training and validation images: %.0f%% lie within distance %.2f out of fold",
