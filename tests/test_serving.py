@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -76,6 +77,11 @@ def test_the_model_is_logged_from_code_and_loads_no_pickle(registered, tmp_path:
     pyfunc = yaml.safe_load((logged / "MLmodel").read_text())["flavors"]["python_function"]
     assert pyfunc["model_code_path"].endswith("served_model.py") and "python_model" not in pyfunc
     assert not [path for path in logged.rglob("*") if path.suffix in {".pkl", ".pickle", ".cloudpickle"}]
+    # A fresh environment for it gets what it imports, pinned to the versions it was saved with.
+    requirements = (logged / "requirements.txt").read_text().split()
+    names = {requirement.split("==")[0] for requirement in requirements}
+    assert {"mlflow", "keras", "numpy", "pandas"} <= names and names & {"tensorflow", "tensorflow-cpu", "jax"}
+    assert f"keras=={keras.__version__}" in requirements and "all-detection" not in names
 
 
 def test_pyfunc_loader_gives_the_keras_models_probabilities(registered):

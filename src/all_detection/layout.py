@@ -54,6 +54,11 @@ STAIN_NORMALISATIONS: tuple[str, ...] = ("none", "reinhard")
 #: How the model is trained (`training.mode`); the training pipeline tags each mode's own nodes with it.
 TRAINING_MODES: tuple[str, ...] = ("cached", "online")
 
+#: How training spreads over devices (`training.distribution`): `auto` (data-parallel over two or more
+#: GPUs), `data_parallel` (every visible device, GPUs or forced host devices alike), `none`, or
+#: `multi_worker` (several machines, TensorFlow's `MultiWorkerMirroredStrategy`).
+DISTRIBUTIONS: tuple[str, ...] = ("auto", "data_parallel", "none", "multi_worker")
+
 
 #: Cross-validation runs each fold as a namespace of the project's pipelines: `fold_1` ... `fold_k`.
 FOLD_PREFIX = "fold_"

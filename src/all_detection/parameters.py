@@ -19,7 +19,14 @@ from kedro.config import OmegaConfigLoader
 from kedro.utils import find_kedro_project
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from all_detection.layout import CLASSES, FOLD_PREFIX, INPUT_MODES, STAIN_NORMALISATIONS, TRAINING_MODES
+from all_detection.layout import (
+    CLASSES,
+    DISTRIBUTIONS,
+    FOLD_PREFIX,
+    INPUT_MODES,
+    STAIN_NORMALISATIONS,
+    TRAINING_MODES,
+)
 
 # What a run that scores a model without one is told (the catalog's `model` says the same on load).
 HOW_TO_GET_A_MODEL = (
@@ -167,7 +174,7 @@ class Training(Section):
     fine_tune_epochs: Count
     fine_tune_learning_rate: Annotated[float, Field(gt=0)]
     mixed_precision: Literal["auto", "on", "off"]
-    distribution: Literal["auto", "mirrored", "none", "multi_worker"]
+    distribution: Literal[DISTRIBUTIONS]  # type: ignore[valid-type]
     workers: PositiveInt
 
 

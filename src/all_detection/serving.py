@@ -13,6 +13,7 @@ images at the trained size with the four class probabilities.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import tempfile
@@ -39,6 +40,12 @@ SERVED_MODEL_CODE = Path(__file__).with_name("served_model.py")
 # Images per forward pass in a served request: a model with dihedral test-time augmentation runs each
 # as 8 views, and 8 images at 224 px keep VGG16's activations near 1.4 GB (evaluation.predict_batch_size).
 PREDICT_BATCH_SIZE = 8
+#: What the served model imports (`served_model.py`, then `all_detection.serving` and `core`), beside the
+#: Keras backend it was saved under. MLflow's own guess loads the model in a subprocess (about 20 s of
+#: every registration) and listed jax, matplotlib and scikit-learn but neither keras nor tensorflow.
+SERVING_PACKAGES = ("mlflow", "keras", "numpy", "pandas")
+#: The distributions that can provide each backend, in the order they are looked for.
+BACKEND_PACKAGES = {"tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax", "jaxlib")}
 
 
 class StageClassifier(mlflow.pyfunc.PythonModel):
@@ -64,6 +71,26 @@ class StageClassifier(mlflow.pyfunc.PythonModel):
             (model_input,) = model_input.values()
         probabilities = predict_probabilities(self.model, np.asarray(model_input), PREDICT_BATCH_SIZE)
         return pd.DataFrame(probabilities, columns=PROBABILITY_COLUMNS)
+
+
+def serving_requirements(backend: str | None = None) -> list[str]:
+    """The served model's pip requirements, pinned to the versions installed here: `SERVING_PACKAGES`
+    and what provides the Keras backend (`BACKEND_PACKAGES`, TensorFlow unless JAX is in use). The
+    project's own code travels with the model (`code_paths`), so it is not a requirement."""
+    backend = backend or keras.backend.backend()
+    names = [*SERVING_PACKAGES]
+    providers = BACKEND_PACKAGES.get(backend, (backend,))
+    installed = [name for name in providers if _installed(name)]
+    names += installed if backend == "jax" else installed[:1] or providers[:1]
+    return [f"{name}=={importlib.metadata.version(name)}" if _installed(name) else name for name in names]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def model_signature(image_size: int, channels: int) -> ModelSignature:
@@ -111,7 +138,8 @@ def register_model(
     Each call adds a version of the registered model `registered_name` (`all_detection`). The model is
     logged from code (`served_model.py`, MLflow's models-from-code): loading it runs that file, and no
     pickled Python object is stored or unpickled. The project's package travels with the model
-    (`code_paths`), so it loads wherever MLflow runs. The signature follows the trained image size.
+    (`code_paths`), so it loads wherever MLflow runs, with the pinned `serving_requirements`. The
+    signature follows the trained image size.
     Without an active run (tracking disabled) nothing is logged.
     """
     run = mlflow.active_run()
@@ -131,6 +159,7 @@ def register_model(
             python_model=str(SERVED_MODEL_CODE),
             artifacts=artifacts,
             code_paths=[str(Path(all_detection.__file__).parent)],
+            pip_requirements=serving_requirements(),
             signature=model_signature(image_size, channels),
             input_example=np.asarray(test_images[:2], dtype=np.float32),
             registered_model_name=registered_name,

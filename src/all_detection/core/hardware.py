@@ -11,6 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import keras
+import numpy as np
+
+from all_detection.layout import DISTRIBUTIONS
 
 #: `training.feature_batch_size` and `training.batch_size` on a CPU when they are `auto`: 16 images at
 #: 224 px keep VGG16's activations under 1 GB at 95% of batch 32's throughput on 2 cores.
@@ -51,15 +54,19 @@ def hardware_setup(training: dict[str, Any], seed: int) -> Iterator[dict[str, An
     """Seed everything, choose precision and distribution, and restore the global policy afterwards.
 
     `training.mixed_precision: auto` turns float16 compute on only where a GPU is visible;
-    `training.distribution: auto` mirrors the model over all visible GPUs when there are two or more
-    (`tf.distribute.MirroredStrategy` under TensorFlow, `keras.distribution.DataParallel` under JAX),
-    and `multi_worker` over several machines (TensorFlow backend). On the CPU, TensorFlow's ops are
-    made deterministic, so two runs with the same `split.seed` give the same model.
+    `training.distribution: data_parallel` splits every batch evenly over all visible devices, the
+    variables replicated on each (`keras.distribution.DataParallel` under JAX,
+    `tf.distribute.MirroredStrategy` under TensorFlow); `auto` does so when two or more GPUs are
+    visible; `multi_worker` spreads over several machines (TensorFlow backend). Yields what was chosen,
+    with `replicas`, the number of devices a batch is split over. On the CPU, TensorFlow's ops are made
+    deterministic, so two runs with the same `split.seed` give the same model.
     """
     gpus = visible_gpus()
     precision, distribution = training["mixed_precision"], training["distribution"]
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"training.distribution must be one of {DISTRIBUTIONS}, not {distribution!r}")
     mixed = precision == "on" or (precision == "auto" and bool(gpus))
-    mirrored = distribution == "mirrored" or (distribution == "auto" and len(gpus) > 1)
+    parallel = distribution == "data_parallel" or (distribution == "auto" and len(gpus) > 1)
     keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow" and not gpus:
         import tensorflow as tf  # noqa: PLC0415
@@ -67,28 +74,58 @@ def hardware_setup(training: dict[str, Any], seed: int) -> Iterator[dict[str, An
         tf.config.experimental.enable_op_determinism()
     previous_policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    scope = contextlib.nullcontext()
+    scope, replicas = contextlib.nullcontext(), 1
     backend = keras.backend.backend()
     if backend == "jax" and distribution == "multi_worker":
         raise ValueError(
-            "training.distribution: multi_worker needs the TensorFlow backend; under JAX, mirrored "
-            "(keras.distribution.DataParallel) covers the GPUs of one machine"
+            "training.distribution: multi_worker needs the TensorFlow backend; under JAX, data_parallel "
+            "(keras.distribution.DataParallel) covers the devices of one machine"
         )
-    if backend == "jax" and mirrored:
+    if backend == "jax" and parallel:
         # Data parallelism over every visible device: each batch is split across them.
-        scope = _keras_distribution(keras.distribution.DataParallel())
-    if backend == "tensorflow" and (mirrored or distribution == "multi_worker"):
+        data_parallel = keras.distribution.DataParallel()
+        scope, replicas = _keras_distribution(data_parallel), data_parallel.device_mesh.devices.size
+    if backend == "tensorflow" and (parallel or distribution == "multi_worker"):
         import tensorflow as tf  # noqa: PLC0415
 
         # Every worker of a multi-worker run executes the same command, told its role by TF_CONFIG.
-        strategy = tf.distribute.MultiWorkerMirroredStrategy() if distribution == "multi_worker" else None
-        scope = (strategy or tf.distribute.MirroredStrategy()).scope()
+        strategy = (
+            tf.distribute.MultiWorkerMirroredStrategy()
+            if distribution == "multi_worker"
+            else tf.distribute.MirroredStrategy()
+        )
+        scope, replicas = strategy.scope(), strategy.num_replicas_in_sync
     try:
         with scope:
-            used = "multi_worker" if distribution == "multi_worker" else "mirrored" if mirrored else "none"
-            yield {"device": describe_device(), "mixed_precision": mixed, "distribution": used}
+            used = "data_parallel" if parallel else "none"
+            yield {
+                "device": describe_device(),
+                "mixed_precision": mixed,
+                "distribution": "multi_worker" if distribution == "multi_worker" else used,
+                "replicas": replicas,
+            }
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def batch_split() -> int:
+    """How many devices each batch is split over under the Keras distribution in effect (JAX's
+    `DataParallel`, set by `hardware_setup`): every batch must hold a multiple of it. 1 otherwise;
+    TensorFlow's strategies split uneven batches themselves."""
+    distribution = keras.distribution.distribution()
+    return int(distribution.device_mesh.devices.size) if distribution is not None else 1
+
+
+def padded_predict(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    """`model.predict_on_batch(batch)`, the batch padded with copies of its last row to a multiple of
+    `batch_split()` and the padding's outputs dropped: a data-parallel device mesh takes only batches
+    it can split evenly, and a stack's last batch is usually short."""
+    split = batch_split()
+    padding = -len(batch) % split
+    if not padding:
+        return model.predict_on_batch(batch)
+    padded = np.concatenate([batch, np.repeat(batch[-1:], padding, axis=0)])
+    return model.predict_on_batch(padded)[: len(batch)]
 
 
 @contextlib.contextmanager

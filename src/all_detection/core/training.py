@@ -18,6 +18,7 @@ import pandas as pd
 
 from all_detection.core.arrays import prefetched_batches, release_pages, scratch_array
 from all_detection.core.augmenter import build_augmenter
+from all_detection.core.hardware import batch_split, padded_predict
 from all_detection.core.model import assemble_classifier, one_hot, unfreeze_last_blocks
 from all_detection.core.progress import Progress
 
@@ -38,7 +39,7 @@ def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int
     features = scratch_array((len(images), *extractor.output_shape[1:]), dtype)
     progress = Progress(logger, "base features", len(images))
     for start, batch in prefetched_batches(images, batch_size):
-        features[start : start + len(batch)] = extractor.predict_on_batch(batch)
+        features[start : start + len(batch)] = padded_predict(extractor, batch)
         release_pages(features)
         progress.advance(len(batch))
     return features
@@ -52,6 +53,11 @@ class ArrayBatches(keras.utils.PyDataset):
     and a quarter (images) or half (maps) of the bytes travel. Only a batch is read at a time, so
     memory stays flat however large the stack. Worker threads prepare the next batches while the
     current one trains (prefetching). With `weights`, each row's loss weight comes with its batch.
+
+    Under a data-parallel distribution every batch is split evenly over `replicas` devices (default
+    `batch_split()`): `batch_size` must be a multiple of it, and an epoch leaves out the last
+    `len(images) % replicas` rows of its order (fewer than one per device). Shuffled training stacks
+    leave out other rows every epoch; a validation stack always the same last ones, which are logged.
     """
 
     def __init__(
@@ -62,20 +68,34 @@ class ArrayBatches(keras.utils.PyDataset):
         shuffle: bool,
         seed: int,
         weights: np.ndarray | None = None,
+        replicas: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
         self.weights = weights
+        replicas = batch_split() if replicas is None else replicas
+        if batch_size % replicas:
+            raise ValueError(
+                f"training.batch_size {batch_size} does not split evenly over {replicas} devices: use a "
+                f"multiple of {replicas} (or auto)"
+            )
+        self.rows = len(images) - len(images) % replicas
+        if self.rows < len(images) and not shuffle:
+            logger.warning(
+                "%d of %d rows left out of every epoch's validation: a data-parallel batch splits evenly "
+                "over %d devices", len(images) - self.rows, len(images), replicas
+            )  # fmt: skip
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(images)) if shuffle else np.arange(len(images))
 
     def __len__(self) -> int:
-        return math.ceil(len(self.images) / self.batch_size)
+        return math.ceil(self.rows / self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, ...]:
         # Sorted rows read the memory map sequentially; the batch's order does not matter to the loss.
-        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        end = min((index + 1) * self.batch_size, self.rows)
+        rows = np.sort(self.order[index * self.batch_size : end])
         batch = (np.asarray(self.images[rows]), self.labels[rows])
         return batch if self.weights is None else (*batch, self.weights[rows])
 

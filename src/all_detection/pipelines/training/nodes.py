@@ -216,6 +216,7 @@ def _fitted(
         "device": hardware["device"],
         "mixed_precision": hardware["mixed_precision"],
         "distribution": hardware["distribution"],
+        "replicas": hardware["replicas"],
         "base_weights": provenance,
         "cache_at": cache_at,
         "stain_normalisation": "none" if stain is None else "reinhard",
