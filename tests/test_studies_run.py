@@ -30,7 +30,8 @@ TINY = {
     "demo": {"synthetic_dataset": {"per_class": 10, "image_size": 64, "seed": 42}},
     "preprocessing": {"image_size": 32},
     "training": {"epochs": 2},
-    "evaluation": {"bootstrap_samples": 100},
+    # One view per test image: the 8 dihedral views would only cost each variant their compilation.
+    "evaluation": {"bootstrap_samples": 100, "tta": "none"},
     "cross_validation": {"folds": 2},
 }
 

@@ -8,14 +8,10 @@ devices, and what `hardware_setup` reported."""
 from __future__ import annotations
 
 import json
-import os
-
-import numpy as np
-import pandas as pd
-
-os.environ.setdefault("KERAS_BACKEND", "jax")
 
 import keras
+import numpy as np
+import pandas as pd
 
 from all_detection.core.hardware import hardware_setup
 from all_detection.core.model import build_base, build_feature_extractor, build_head
@@ -87,6 +83,10 @@ def compared(single: dict, parallel: dict) -> dict:
 
 
 def main() -> None:
+    # Set by the caller, never here: this module is also imported by the test, whose later subprocesses
+    # (the page, mlflow models serve) would inherit a backend set in its environment.
+    if keras.backend.backend() != "jax":
+        raise SystemExit("run with KERAS_BACKEND=jax and XLA_FLAGS=--xla_force_host_platform_device_count=4")
     rng = np.random.default_rng(SEED)
     labels = np.arange(48) % 4
     # Maps and images whose means follow the class, so the validation loss falls every epoch and both
