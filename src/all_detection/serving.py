@@ -75,22 +75,22 @@ class StageClassifier(mlflow.pyfunc.PythonModel):
 
 def serving_requirements(backend: str | None = None) -> list[str]:
     """The served model's pip requirements, pinned to the versions installed here: `SERVING_PACKAGES`
-    and what provides the Keras backend (`BACKEND_PACKAGES`, TensorFlow unless JAX is in use). The
-    project's own code travels with the model (`code_paths`), so it is not a requirement."""
+    and what provides the Keras backend (`BACKEND_PACKAGES`: JAX needs both of its distributions,
+    TensorFlow one of its two, unpinned where neither is installed). The project's own code travels
+    with the model (`code_paths`), so it is not a requirement."""
     backend = backend or keras.backend.backend()
-    names = [*SERVING_PACKAGES]
     providers = BACKEND_PACKAGES.get(backend, (backend,))
-    installed = [name for name in providers if _installed(name)]
-    names += installed if backend == "jax" else installed[:1] or providers[:1]
-    return [f"{name}=={importlib.metadata.version(name)}" if _installed(name) else name for name in names]
+    installed = [pinned for pinned in map(_pinned, providers) if pinned]
+    engine = installed if backend == "jax" else installed[:1] or [providers[0]]
+    return [*map(_pinned, SERVING_PACKAGES), *engine]
 
 
-def _installed(distribution: str) -> bool:
+def _pinned(distribution: str) -> str | None:
+    """`name==version` of an installed distribution, None where it is not installed."""
     try:
-        importlib.metadata.version(distribution)
+        return f"{distribution}=={importlib.metadata.version(distribution)}"
     except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+        return None
 
 
 def model_signature(image_size: int, channels: int) -> ModelSignature:

@@ -95,13 +95,13 @@ def hardware_setup(training: dict[str, Any], seed: int) -> Iterator[dict[str, An
             else tf.distribute.MirroredStrategy()
         )
         scope, replicas = strategy.scope(), strategy.num_replicas_in_sync
+    used = "multi_worker" if distribution == "multi_worker" else "data_parallel" if parallel else "none"
     try:
         with scope:
-            used = "data_parallel" if parallel else "none"
             yield {
                 "device": describe_device(),
                 "mixed_precision": mixed,
-                "distribution": "multi_worker" if distribution == "multi_worker" else used,
+                "distribution": used,
                 "replicas": replicas,
             }
     finally:

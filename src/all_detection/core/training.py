@@ -54,9 +54,9 @@ class ArrayBatches(keras.utils.PyDataset):
     memory stays flat however large the stack. Worker threads prepare the next batches while the
     current one trains (prefetching). With `weights`, each row's loss weight comes with its batch.
 
-    Under a data-parallel distribution every batch is split evenly over `replicas` devices (default
-    `batch_split()`): `batch_size` must be a multiple of it, and an epoch leaves out the last
-    `len(images) % replicas` rows of its order (fewer than one per device). Shuffled training stacks
+    Under a data-parallel distribution every batch is split evenly over the devices (`batch_split()`):
+    `batch_size` must be a multiple of their number, and an epoch leaves out the last
+    `len(images) % devices` rows of its order (fewer than one per device). Shuffled training stacks
     leave out other rows every epoch; a validation stack always the same last ones, which are logged.
     """
 
@@ -68,13 +68,12 @@ class ArrayBatches(keras.utils.PyDataset):
         shuffle: bool,
         seed: int,
         weights: np.ndarray | None = None,
-        replicas: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.images, self.labels, self.batch_size, self.shuffle = images, labels, batch_size, shuffle
         self.weights = weights
-        replicas = batch_split() if replicas is None else replicas
+        replicas = batch_split()
         if batch_size % replicas:
             raise ValueError(
                 f"training.batch_size {batch_size} does not split evenly over {replicas} devices: use a "
