@@ -362,3 +362,40 @@ class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):
 
     def _describe(self) -> dict[str, Any]:
         return {"study": self._study}
+
+
+class OptionalSparkDataset(AbstractDataset[Any, Any]):
+    """kedro-datasets' `spark.SparkDatasetV2`, made only when it is first loaded or saved.
+
+    pyspark is the `spark` extra, and kedro-mlflow makes every dataset of the catalog when a run starts,
+    whatever its pipeline: with kedro-datasets' class in the catalog directly, every `kedro run`
+    without pyspark would fail. Its arguments are SparkDatasetV2's, passed on unchanged.
+    """
+
+    def __init__(self, metadata: dict[str, Any] | None = None, **arguments: Any):
+        self._arguments = arguments
+        self._dataset: AbstractDataset | None = None
+        self.metadata = metadata
+
+    def _spark_dataset(self) -> AbstractDataset:
+        if self._dataset is None:
+            try:
+                from kedro_datasets.spark import SparkDatasetV2  # noqa: PLC0415
+            except ImportError as missing:
+                raise DatasetError(
+                    f'Spark is not installed ({missing}): pip install -e ".[spark]", and a Java 17 runtime.'
+                ) from None
+            self._dataset = SparkDatasetV2(**self._arguments)
+        return self._dataset
+
+    def load(self) -> Any:
+        return self._spark_dataset().load()
+
+    def save(self, data: Any) -> None:
+        self._spark_dataset().save(data)
+
+    def _exists(self) -> bool:
+        return self._spark_dataset().exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {key: value for key, value in self._arguments.items() if key != "credentials"}

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import click
 import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
@@ -150,6 +151,61 @@ class TrackingStoreHooks:
                 # The store's artifacts live in the project: a moved or copied project keeps them.
                 relocate_store(database, experiment.name, Path(context.project_path) / artifacts)
             config.setup(context)
+
+
+class SparkHooks:
+    """Start the SparkSession a run's Spark datasets use, from `conf/<env>/spark.yml`, when a pipeline that
+    reads or writes one runs (`batch_scoring`); other runs never start Spark, nor need pyspark.
+
+    Every key of spark.yml is a Spark setting: `spark.master` (`local[*]` by default, a cluster's master
+    URL, or `spark.remote` for a Spark Connect server) and the rest go to the session as they are, so a
+    cluster is configuration only. With a local master the executors' Python is this one
+    (`PYSPARK_PYTHON`, unless set), which has the project installed.
+    """
+
+    def __init__(self) -> None:
+        self.settings: dict[str, Any] = {}
+        self.project_name = "all_detection"
+
+    @hook_impl
+    def after_context_created(self, context: Any) -> None:
+        context.config_loader.config_patterns.setdefault("spark", ["spark*", "spark*/**"])
+        self.settings = {key: str(value) for key, value in context.config_loader["spark"].items()}
+        self.project_name = Path(context.project_path).name
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
+        if any("spark" in str(catalog.get_type(name) or "").lower() for name in pipeline.datasets()):
+            spark_session(self.settings, self.project_name)
+
+
+def spark_session(settings: dict[str, str], app_name: str) -> Any:
+    """The SparkSession for `settings` (spark.yml's keys), made once per process and reused after."""
+    try:
+        from pyspark.sql import SparkSession  # noqa: PLC0415
+    except ImportError:
+        raise click.ClickException(
+            'This pipeline runs on Spark, which is not installed: pip install -e ".[spark]" '
+            "(pyspark; a Java 17 runtime too, e.g. apt install openjdk-17-jre-headless)."
+        ) from None
+    if str(settings.get("spark.master", "")).startswith("local") and "spark.remote" not in settings:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName(app_name)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        session = builder.getOrCreate()
+    except Exception as error:  # pyspark raises its own errors when the JVM does not start or answer
+        raise click.ClickException(
+            f"Spark did not start ({type(error).__name__}: {error}). Spark needs a Java 17 runtime "
+            "(java on PATH or JAVA_HOME), and a cluster's master or Spark Connect address must answer: "
+            "see conf/base/spark.yml."
+        ) from None
+    if hasattr(session, "sparkContext") and "spark.remote" not in settings:
+        session.sparkContext.setLogLevel(settings.get("spark.log.level", "WARN"))
+    where = settings.get("spark.remote") or session.conf.get("spark.master")
+    logger.info("Spark %s, master %s", session.version, where)
+    return session
 
 
 class RunRecordHooks:

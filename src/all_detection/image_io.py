@@ -183,21 +183,29 @@ def walk_without_following_links(root: Path) -> Iterator[PurePosixPath]:
             yield PurePosixPath((here / name).as_posix())
 
 
-def inspect_file(
-    root: Path, relative: PurePosixPath, limits: dict[str, Any], known_place: bool = True
-) -> dict[str, Any]:
-    """One file's verdict: `status`, `reason` and `detail`, its hash, size and, when usable, its image facts.
+@dataclass(frozen=True)
+class Placement:
+    """What a file's listing entry alone says (`judge_placement`): the reason it is quarantined before
+    any byte is read (None if nothing yet), its size, and whether its bytes may be read at all."""
 
-    Links are never followed and fifos or devices never read; hidden and system files, files outside
-    a known place (ingestion's class-folder rule: pass `known_place=False`) and files over
-    `limits["max_file_mb"]` are quarantined before decoding; the rest are decoded in full by
-    `decode_rgb` with `limits["min_side_px"]` and `limits["max_pixels"]`. Keys are `FILE_VERDICT_COLUMNS`
-    (those that do not apply are left out).
+    reason: str | None
+    detail: str | None
+    size_bytes: int
+    readable: bool
+
+
+def judge_placement(
+    root: Path, relative: PurePosixPath, limits: dict[str, Any], known_place: bool = True
+) -> Placement:
+    """The verdict on a file from where and what it is, without reading it: a link (never followed), a
+    fifo or device (never read), a hidden or system file, a file outside a known place (ingestion's
+    class-folder rule: pass `known_place=False`), or one over `limits["max_file_mb"]`.
+
+    Only a regular file within the size limit is `readable`; a hidden or misplaced one is still read
+    for its hash, and quarantined whatever its bytes hold.
     """
-    parts = relative.parts
-    record: dict[str, Any] = {"path": str(relative)}
     info = (root / relative).lstat()
-    hidden = any(part.startswith(".") or part in SYSTEM_FILE_NAMES for part in parts)
+    hidden = any(part.startswith(".") or part in SYSTEM_FILE_NAMES for part in relative.parts)
     reason, detail = None, None
     if stat.S_ISLNK(info.st_mode):
         reason, detail = SYMBOLIC_LINK, f"points to {(root / relative).readlink()}"
@@ -209,12 +217,27 @@ def inspect_file(
         reason, detail = OUTSIDE_CLASS_FOLDER, f"expected {ORIGINAL_DIR}|{SEGMENTED_DIR}/<class>/<file>"
     elif info.st_size > limits["max_file_mb"] * 2**20:
         reason, detail = FILE_TOO_LARGE, f"{info.st_size} bytes, limit {limits['max_file_mb']} MiB"
-    record["size_bytes"] = info.st_size
     # Reading a fifo or device would block or never end, and a link is never followed.
-    if stat.S_ISREG(info.st_mode) and reason != FILE_TOO_LARGE:
+    readable = stat.S_ISREG(info.st_mode) and reason != FILE_TOO_LARGE
+    return Placement(reason, detail, info.st_size, readable)
+
+
+def inspect_file(
+    root: Path, relative: PurePosixPath, limits: dict[str, Any], known_place: bool = True
+) -> dict[str, Any]:
+    """One file's verdict: `status`, `reason` and `detail`, its hash, size and, when usable, its image facts.
+
+    `judge_placement` first; a file it lets through is decoded in full by `decode_rgb` with
+    `limits["min_side_px"]` and `limits["max_pixels"]`. Keys are `FILE_VERDICT_COLUMNS` (those that do
+    not apply are left out).
+    """
+    placement = judge_placement(root, relative, limits, known_place)
+    record: dict[str, Any] = {"path": str(relative), "size_bytes": placement.size_bytes}
+    reason, detail = placement.reason, placement.detail
+    if placement.readable:
         try:
             data = read_regular_file(root, relative)
-        except UnusableImage as changed:  # swapped for a link or a fifo since the lstat above
+        except UnusableImage as changed:  # swapped for a link or a fifo since it was listed
             return {**record, "status": QUARANTINED, "reason": changed.reason, "detail": changed.detail}
         except OSError as error:
             return {**record, "status": QUARANTINED, "reason": UNREADABLE, "detail": str(error)}
@@ -283,6 +306,10 @@ class ImageFolder:
     ) -> dict[str, Any]:
         """One file's verdict (`inspect_file`)."""
         return inspect_file(self.root, relative, limits, known_place)
+
+    def placement(self, relative: PurePosixPath, limits: dict[str, Any]) -> Placement:
+        """What one file's listing entry says before its bytes are read (`judge_placement`)."""
+        return judge_placement(self.root, relative, limits)
 
     def read_rgb(self, relative: PurePosixPath | str, limits: dict[str, Any]) -> np.ndarray:
         """An image's pixels as RGB uint8, through the same gate and limits as its verdict (the file may

@@ -35,6 +35,10 @@ def usable_originals(files: pd.DataFrame) -> pd.Series:
 #: One probability column per class, in `CLASSES` order, wherever predictions are written or served.
 PROBABILITY_COLUMNS: list[str] = [f"prob_{label}" for label in CLASSES]
 
+#: A predictions table's columns (`inference`, `batch_scoring`, the page): each file's path and verdict,
+#: the predicted class and each class's probability.
+PREDICTION_COLUMNS: list[str] = ["path", "status", "reason", "predicted", *PROBABILITY_COLUMNS]
+
 #: The detection view: Benign against any malignant stage, which is the positive class.
 DETECTION_POSITIVE = "malignant (Early, Pre or Pro)"
 

@@ -240,6 +240,14 @@ class Parameters(BaseModel):
         return self
 
 
+class InferenceSetupError(click.ClickException):
+    """The images to score, the model, or the two together are not usable as configured.
+
+    A `ClickException`, so `kedro run` ends with this one message and exit code 1, not a traceback:
+    the user's fix is a path or a parameter, not a line of code.
+    """
+
+
 class ParameterError(click.ClickException):
     """Parameters a run cannot use; the message lists each one with its value and what is allowed."""
 

@@ -13,6 +13,7 @@ from kedro.pipeline import Pipeline
 from all_detection.parameters import shaping_parameters, writes_synthetic_set
 from all_detection.pipelines import (
     augmentation,
+    batch_scoring,
     demo,
     evaluation,
     inference,
@@ -33,10 +34,12 @@ STAGES = {
     "evaluation": evaluation,
     "shortcut_audit": shortcut_audit,
 }
-#: Run only when asked for by name: inference scores a folder of new images (inference.input_dir);
-#: the studies train several models each and repeat the data stages they need.
+#: Run only when asked for by name: inference scores a folder of new images (inference.input_dir),
+#: batch_scoring the same on Spark; the studies train several models each and repeat the data stages
+#: they need.
 ON_DEMAND = {
     "inference": inference,
+    "batch_scoring": batch_scoring,
     "protocol_comparison": protocol_comparison,
     "cross_validation": cross_validation,
     "input_mode_comparison": input_mode_comparison,

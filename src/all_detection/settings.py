@@ -13,6 +13,7 @@ from all_detection.hooks import (  # noqa: E402
     RunEndingHooks,
     RunRecordHooks,
     RunSummaryHooks,
+    SparkHooks,
     TrackingStoreHooks,
 )
 
@@ -27,6 +28,7 @@ HOOKS = (
     TrackingStoreHooks(),
     ParameterCheckHooks(),
     RunSummaryHooks(),
+    SparkHooks(),
 )
 # The distribution name is spelt either way, depending on how the wheel was built.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")

@@ -21,9 +21,9 @@ from sklearn.metrics import confusion_matrix
 from all_detection.app.loading import PageModel
 from all_detection.gradcam import gradcam_heatmaps
 from all_detection.image_io import UNREADABLE, ImageFolder, UnusableImage
-from all_detection.layout import CLASSES, DETECTION_POSITIVE, OK, PROBABILITY_COLUMNS
+from all_detection.layout import CLASSES, DETECTION_POSITIVE, OK, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
 from all_detection.metrics import bootstrap_intervals, reported
-from all_detection.pipelines.inference.nodes import PREDICTION_COLUMNS, scan_inference_folder, score_images
+from all_detection.pipelines.inference.nodes import scan_inference_folder, score_images
 from all_detection.segmentation import model_input
 from all_detection.shortcuts import colour_distance, colour_signature
 

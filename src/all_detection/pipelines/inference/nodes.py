@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import click
 import keras
 import numpy as np
 import pandas as pd
@@ -18,20 +17,19 @@ import pandas as pd
 from all_detection.core.prediction import predict_probabilities
 from all_detection.core.progress import Progress
 from all_detection.image_io import FILE_VERDICT_COLUMNS, UNREADABLE, ImageFolder, UnusableImage
-from all_detection.layout import CLASSES, DUAL_INPUT, OK, PROBABILITY_COLUMNS, QUARANTINED, input_channels
+from all_detection.layout import (
+    CLASSES,
+    DUAL_INPUT,
+    OK,
+    PREDICTION_COLUMNS,
+    PROBABILITY_COLUMNS,
+    QUARANTINED,
+    input_channels,
+)
+from all_detection.parameters import InferenceSetupError
 from all_detection.segmentation import model_input
 
 logger = logging.getLogger(__name__)
-
-PREDICTION_COLUMNS = ["path", "status", "reason", "predicted", *PROBABILITY_COLUMNS]
-
-
-class InferenceSetupError(click.ClickException):
-    """The images to score, the model, or the two together are not usable as configured.
-
-    A `ClickException`, so `kedro run` ends with this one message and exit code 1, not a traceback:
-    the user's fix is a path or a parameter, not a line of code.
-    """
 
 
 def scan_inference_folder(inference_images: ImageFolder, ingestion: dict[str, Any]) -> pd.DataFrame:
