@@ -88,8 +88,9 @@ def check_served_model(model_uri: str, preprocessing: dict[str, Any]) -> None:
     except Exception as error:  # MLflow raises its own, OSError or requests' errors by store kind
         raise InferenceSetupError(
             f"Could not find the model '{model_uri}' in MLflow at {mlflow.get_tracking_uri()} "
-            f"({type(error).__name__}: {error}). Train and register one with `kedro run`, or name one "
-            'with --params "inference.model_uri=models:/all_detection/<version>".'
+            f"({type(error).__name__}: {error}). Batch scoring takes an MLflow model (models:/..., "
+            "runs:/..., not a .keras file): train and register one with `kedro run`, or name one with "
+            '--params "inference.model_uri=models:/all_detection/<version>".'
         ) from None
     size, mode = preprocessing["image_size"], preprocessing["input_mode"]
     expected = (size, size, input_channels(mode))
