@@ -59,6 +59,9 @@ def scored(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (with the champion by default) and by the inference pipeline (naming the champion)."""
     work = tmp_path_factory.mktemp("batch_scoring")
     project = copy_project(work / "project")
+    # Spark's settings come from configuration only: one worker, whose TensorFlow uses every core
+    # (the fastest on one machine, README), and one Python worker's start instead of one per core.
+    (project / "conf" / "local" / "spark.yml").write_text("spark.master: local[1]\n")
     folder = work / "archive"
     verdicts = write_defective_dataset(folder)
     mlflow.set_tracking_uri(f"sqlite:///{project}/mlflow.db")
@@ -117,6 +120,12 @@ def test_every_file_gets_one_row_and_each_hostile_file_its_quarantine_reason(sco
         if p.is_dir()
     )
     assert partitions == ["status=ok", "status=quarantined"]
+
+
+def test_the_spark_session_is_the_one_the_project_s_configuration_asks_for(scored):
+    from pyspark.sql import SparkSession  # noqa: PLC0415
+
+    assert SparkSession.getActiveSession().conf.get("spark.master") == "local[1]"
 
 
 def test_the_run_s_summary_counts_what_the_table_holds(scored):
