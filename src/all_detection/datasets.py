@@ -364,6 +364,13 @@ class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):
         return {"study": self._study}
 
 
+#: What a run that needs Spark is told where pyspark is missing (the dataset below, the Spark hook).
+SPARK_NOT_INSTALLED = (
+    'Spark is not installed: pip install -e ".[spark]" (pyspark), and a Java runtime, 17 or later '
+    "(e.g. apt install openjdk-17-jre-headless)."
+)
+
+
 class OptionalSparkDataset(AbstractDataset[Any, Any]):
     """kedro-datasets' `spark.SparkDatasetV2`, made only when it is first loaded or saved.
 
@@ -381,10 +388,8 @@ class OptionalSparkDataset(AbstractDataset[Any, Any]):
         if self._dataset is None:
             try:
                 from kedro_datasets.spark import SparkDatasetV2  # noqa: PLC0415
-            except ImportError as missing:
-                raise DatasetError(
-                    f'Spark is not installed ({missing}): pip install -e ".[spark]", and a Java 17 runtime.'
-                ) from None
+            except ImportError:
+                raise DatasetError(SPARK_NOT_INSTALLED) from None
             self._dataset = SparkDatasetV2(**self._arguments)
         return self._dataset
 

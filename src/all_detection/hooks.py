@@ -20,6 +20,7 @@ import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
+from all_detection.datasets import SPARK_NOT_INSTALLED
 from all_detection.layout import OK, SPLITS
 from all_detection.parameters import (
     check_parameters,
@@ -184,10 +185,7 @@ def spark_session(settings: dict[str, str], app_name: str) -> Any:
     try:
         from pyspark.sql import SparkSession  # noqa: PLC0415
     except ImportError:
-        raise click.ClickException(
-            'This pipeline runs on Spark, which is not installed: pip install -e ".[spark]" '
-            "(pyspark; a Java 17 runtime too, e.g. apt install openjdk-17-jre-headless)."
-        ) from None
+        raise click.ClickException(SPARK_NOT_INSTALLED) from None
     if str(settings.get("spark.master", "")).startswith("local") and "spark.remote" not in settings:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)

@@ -22,10 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from all_detection.layout import (
     CLASSES,
     DISTRIBUTIONS,
+    DUAL_INPUT,
     FOLD_PREFIX,
     INPUT_MODES,
     STAIN_NORMALISATIONS,
     TRAINING_MODES,
+    input_channels,
 )
 
 # What a run that scores a model without one is told (the catalog's `model` says the same on load).
@@ -246,6 +248,27 @@ class InferenceSetupError(click.ClickException):
     A `ClickException`, so `kedro run` ends with this one message and exit code 1, not a traceback:
     the user's fix is a path or a parameter, not a line of code.
     """
+
+
+def check_input_shape(takes: tuple, preprocessing: dict[str, Any], model: str = "The model") -> None:
+    """Raise `InferenceSetupError` unless a model whose images are `takes` (height, width, channels)
+    takes the images `preprocessing` makes: the Keras model inference loads, or an MLflow model's
+    signature (batch scoring).
+
+    The model's input shape is fixed at training by `preprocessing.image_size` and `input_mode`;
+    scoring with other values would feed it images it was never shown, or fail deep inside Keras.
+    """
+    size, mode = preprocessing["image_size"], preprocessing["input_mode"]
+    expected = (size, size, input_channels(mode))
+    if takes != expected:
+        dual = takes[-1] == input_channels(DUAL_INPUT)
+        trained_modes = DUAL_INPUT if dual else "original, segmented or masked"
+        raise InferenceSetupError(
+            f"{model} takes images of shape {takes}, but preprocessing makes {expected} (image_size "
+            f"{size}, input_mode {mode!r}). Score with the preprocessing the model was trained with: "
+            f'--params "preprocessing.image_size={takes[0]},preprocessing.input_mode=..." '
+            f"({takes[-1]} channels: {trained_modes})."
+        )
 
 
 class ParameterError(click.ClickException):

@@ -34,7 +34,7 @@ from all_detection.layout import (
     QUARANTINED,
     input_channels,
 )
-from all_detection.parameters import InferenceSetupError
+from all_detection.parameters import InferenceSetupError, check_input_shape
 from all_detection.segmentation import model_input
 from all_detection.serving import CHAMPION, REGISTERED_NAME
 
@@ -50,7 +50,7 @@ CHAMPION_URI = f"models:/{REGISTERED_NAME}@{CHAMPION}"
 #: One row per listed file: its path below the folder, its size, the verdict its listing entry gives
 #: it (`status` null where the bytes decide), and whether Spark may read it.
 ARCHIVE_SCHEMA = "path string, size_bytes long, status string, reason string, readable boolean"
-ARCHIVE_COLUMNS = ["path", "size_bytes", "status", "reason", "readable"]
+ARCHIVE_COLUMNS = [field.split()[0] for field in ARCHIVE_SCHEMA.split(", ")]
 #: A listed file after the gate: its verdict and, if usable, what the network sees, flattened.
 GATED_SCHEMA = "path string, status string, reason string, pixels array<float>"
 
@@ -92,15 +92,12 @@ def check_served_model(model_uri: str, preprocessing: dict[str, Any]) -> None:
             "runs:/..., not a .keras file): train and register one with `kedro run`, or name one with "
             '--params "inference.model_uri=models:/all_detection/<version>".'
         ) from None
-    size, mode = preprocessing["image_size"], preprocessing["input_mode"]
-    expected = (size, size, input_channels(mode))
-    takes = tuple(signature.inputs.inputs[0].shape[1:]) if signature else None
-    if takes != expected:
+    if signature is None:
         raise InferenceSetupError(
-            f"The model '{model_uri}' takes images of shape {takes}, but preprocessing makes {expected} "
-            f"(image_size {size}, input_mode {mode!r}). Score with the preprocessing the model was "
-            f'trained with: --params "preprocessing.image_size={takes[0] if takes else "..."}".'
+            f"The model '{model_uri}' has no signature saying what images it takes: score with a model "
+            "registered by `kedro run`, which logs one."
         )
+    check_input_shape(tuple(signature.inputs.inputs[0].shape[1:]), preprocessing, f"The model '{model_uri}'")
 
 
 def score_archive(

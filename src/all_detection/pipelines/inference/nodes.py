@@ -19,14 +19,12 @@ from all_detection.core.progress import Progress
 from all_detection.image_io import FILE_VERDICT_COLUMNS, UNREADABLE, ImageFolder, UnusableImage
 from all_detection.layout import (
     CLASSES,
-    DUAL_INPUT,
     OK,
     PREDICTION_COLUMNS,
     PROBABILITY_COLUMNS,
     QUARANTINED,
-    input_channels,
 )
-from all_detection.parameters import InferenceSetupError
+from all_detection.parameters import InferenceSetupError, check_input_shape
 from all_detection.segmentation import model_input
 
 logger = logging.getLogger(__name__)
@@ -60,23 +58,9 @@ def scan_inference_folder(inference_images: ImageFolder, ingestion: dict[str, An
 
 
 def check_model_input(classifier: keras.Model, preprocessing: dict[str, Any]) -> None:
-    """Raise `InferenceSetupError` unless the model takes the images preprocessing makes and scores CLASSES.
-
-    The model's input shape is fixed at training by `preprocessing.image_size` and `input_mode`;
-    scoring with other values would feed it images it was never shown, or fail deep inside Keras.
-    """
-    size, mode = preprocessing["image_size"], preprocessing["input_mode"]
-    expected = (size, size, input_channels(mode))
-    takes = tuple(classifier.input_shape[1:])
-    if takes != expected:
-        dual = takes[-1] == input_channels(DUAL_INPUT)
-        trained_modes = DUAL_INPUT if dual else "original, segmented or masked"
-        raise InferenceSetupError(
-            f"The model takes images of shape {takes}, but preprocessing makes {expected} (image_size "
-            f"{size}, input_mode {mode!r}). Score with the preprocessing the model was trained with: "
-            f'--params "preprocessing.image_size={takes[0]},preprocessing.input_mode=..." '
-            f"({takes[-1]} channels: {trained_modes})."
-        )
+    """Raise `InferenceSetupError` unless the model takes the images preprocessing makes
+    (`check_input_shape`) and scores CLASSES."""
+    check_input_shape(tuple(classifier.input_shape[1:]), preprocessing)
     if classifier.output_shape[-1] != len(CLASSES):
         raise InferenceSetupError(
             f"The model gives {classifier.output_shape[-1]} outputs, not one per class {CLASSES}."
