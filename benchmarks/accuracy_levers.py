@@ -2,13 +2,14 @@
 augmentation) measured by stratified group k-fold cross-validation on one real dataset, at a fraction of
 the cost of running `kedro run --pipeline cross_validation` once per setting.
 
-VGG16 up to `block4_pool` runs once over every usable image's 8 exact symmetries and its random views
-(the paper's transforms, `augmentation.multiplier`), and the maps are kept on disk as float16. Each
-setting then costs only the layers above its cut and the head: the folds are the cross_validation
-pipeline's (`assign_folds`, validation rows as its `fold_splits` picks them), training is the
-pipeline's own (`fit_cached`: head, then fine-tuning above the cut, early stopping, class weights),
-and test-time augmentation averages the predictions over a test image's 8 cached symmetries, which is
-what the saved model computes from the images.
+VGG16 up to `block4_pool` (the training pipeline's `build_feature_extractor` cut there) runs once over
+every usable image's 8 exact symmetries and its random views (the paper's transforms,
+`augmentation.multiplier`), and the maps are kept on disk as float16. Each setting then costs only the
+layers above its cut and the head, built as the training pipeline builds them (`build_base_above`,
+`build_head`): the folds are the cross_validation pipeline's (`assign_folds`, validation rows as its
+`fold_splits` picks them), training is the pipeline's own (`fit_cached`: head, then fine-tuning above
+the cut, early stopping, class weights), and test-time augmentation averages the predictions over a
+test image's 8 cached symmetries, which is what the saved model computes from the images.
 
 From the project root, once the images are prepared (`kedro run --pipeline preprocessing --params
 "dataset.root=/path/to/ALL"`):
@@ -20,7 +21,8 @@ From the project root, once the images are prepared (`kedro run --pipeline prepr
     python benchmarks/accuracy_levers.py table
 
 Each run appends one JSON line to `benchmarks/results/levers.jsonl`: per fold and across folds, test
-accuracy, per-class recall and the detection view, without and with test-time augmentation.
+accuracy, per-class recall and the detection view (evaluation's `all_detection.metrics`), without and
+with test-time augmentation.
 """
 
 from __future__ import annotations
@@ -36,22 +38,24 @@ import keras
 import numpy as np
 import pandas as pd
 
+from all_detection.configuration import project_parameters
 from all_detection.core.augmenter import count_views, plan_views, render_views
 from all_detection.core.hardware import hardware_setup, sized_for_device
 from all_detection.core.model import (
     DIHEDRAL_SYMMETRIES,
     DihedralView,
-    InputScaling,
+    base_layer_names,
     build_base,
     build_base_above,
+    build_feature_extractor,
     build_head,
     one_hot,
 )
 from all_detection.core.training import fit_cached
 from all_detection.layout import CLASSES
-from all_detection.parameters import project_parameters
-from all_detection.studies import pooled_images, pooled_index
+from all_detection.metrics import accuracy, detection_scores, per_class_scores
 from all_detection.studies.cross_validation.nodes import assign_folds, fold_splits
+from all_detection.studies.nodes import pooled_images, pooled_index
 
 PROJECT = Path(__file__).resolve().parents[1]
 STACKS = PROJECT / "data" / "03_primary"
@@ -84,13 +88,12 @@ def cache(weights: str) -> None:
     views = render_views(images, plan, params["augmentation"], seed)
     plan.to_parquet(CACHE / "random_views.parquet")
     base, _ = build_base(images.shape[1], weights)
-    below = keras.Model(base.input, base.get_layer(CACHED_AT).output)
-    pixels = keras.Input(images.shape[1:])
-    extractor = keras.Model(pixels, below(InputScaling(params["model"]["input_scaling"])(pixels)))
+    # The training pipeline's feature extractor, cut at block4_pool.
+    extractor = build_feature_extractor(base, images.shape[-1], params["model"]["input_scaling"], CACHED_AT)
 
     def extract(name: str, count: int, batch_of) -> None:
         maps = np.lib.format.open_memmap(
-            CACHE / f"{name}.npy", "w+", np.float16, (count, *below.output_shape[1:])
+            CACHE / f"{name}.npy", "w+", np.float16, (count, *extractor.output_shape[1:])
         )
         started = time.perf_counter()
         for start in range(0, count, BATCH):
@@ -116,7 +119,7 @@ def at_cut(name: str, cut: str, base: keras.Model) -> np.ndarray:
     if cut == CACHED_AT:
         return maps
     if not path.exists():
-        names = [layer.name for layer in base.layers]
+        names = base_layer_names(base)
         chain = base.layers[names.index(CACHED_AT) + 1 : names.index(cut) + 1]
         inputs = keras.Input(maps.shape[1:])
         x = inputs
@@ -175,12 +178,14 @@ def training_views(
 
 
 def scores(probabilities: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """Accuracy, each class's recall and the detection view, as evaluation's metrics.json gives them."""
     predicted = probabilities.argmax(axis=1)
+    per_class, detection = per_class_scores(truth, predicted), detection_scores(truth, predicted)
     return {
-        "accuracy": float(np.mean(predicted == truth)),
-        "recall": {label: float(np.mean(predicted[truth == c] == c)) for c, label in enumerate(CLASSES)},
-        "sensitivity": float(np.mean(predicted[truth != 0] != 0)),
-        "specificity": float(np.mean(predicted[truth == 0] == 0)),
+        "accuracy": accuracy(truth, predicted),
+        "recall": {label: per_class[label]["recall"] for label in CLASSES},
+        "sensitivity": detection["sensitivity"],
+        "specificity": detection["specificity"],
     }
 
 

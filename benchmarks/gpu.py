@@ -18,6 +18,7 @@ nothing is downloaded. One JSON object is printed as the last line:
 
     python benchmarks/gpu.py            # 224 px; 2280 training images on a GPU, 128 on a CPU
     python benchmarks/gpu.py --quick    # 64 px, a few images: a one-minute smoke run (CI runs it)
+    PYTHONPATH=src KERAS_BACKEND=jax python benchmarks/gpu.py    # where the project is not installed
 """
 
 from __future__ import annotations
@@ -27,10 +28,7 @@ import json
 import platform
 import sys
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import keras
 import numpy as np

@@ -24,13 +24,12 @@ from typing import Any
 
 import keras
 import numpy as np
-from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Pipeline
-from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import ParquetDataset
 from kedro_datasets.pickle import PickleDataset
 from PIL import Image
 
+from all_detection.configuration import project_parameters
 from all_detection.core.hardware import describe_device, sized_for_device
 from all_detection.core.model import (
     assemble_classifier,
@@ -43,7 +42,7 @@ from all_detection.core.model import (
 from all_detection.core.training import extract_features
 from all_detection.datasets import ImageFolderDataset, KerasModelDataset, NumpyArrayDataset
 from all_detection.layout import CLASSES
-from all_detection.parameters import parameter_feed, project_parameters
+from all_detection.offline import run_in_process
 from all_detection.pipelines import augmentation, ingestion, preprocessing
 from all_detection.pipelines.inference.nodes import scan_inference_folder, score_images
 from all_detection.pipelines.training.nodes import cache_base_features, fit_online
@@ -66,23 +65,20 @@ def parameters() -> dict[str, Any]:
 def run_stages(
     pipeline: Pipeline, params: dict[str, Any], folder: Path, outputs: list[str]
 ) -> dict[str, Any]:
-    """`pipeline` run by Kedro's runner with `params` (as `params:a` and `params:a.b`, the way a Kedro
-    context feeds them) and the `outputs` saved as the catalog saves them, as .npy stacks and Parquet
-    indices in `folder` (others, such as the stain reference, pickled there: the runner releases a memory
-    dataset once its last consumer has run); those outputs, loaded back."""
-
-    fed = parameter_feed(params)
-    catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in fed.items()})
-    catalog["raw_images"] = ImageFolderDataset(params["dataset"]["root"])
+    """`pipeline` run in process (`run_in_process`) with `params` and the `outputs` saved as the catalog
+    saves them, as .npy stacks and Parquet indices in `folder` (others, such as the stain reference,
+    pickled there: the runner releases a memory dataset once its last consumer has run); those outputs,
+    loaded back."""
+    saved = {}
     for name in outputs:
         if name.endswith("_index"):
-            catalog[name] = ParquetDataset(filepath=str(folder / f"{name}.parquet"))
+            saved[name] = ParquetDataset(filepath=str(folder / f"{name}.parquet"))
         elif name.endswith("_images"):
-            catalog[name] = NumpyArrayDataset(str(folder / f"{name}.npy"))
+            saved[name] = NumpyArrayDataset(str(folder / f"{name}.npy"))
         else:
-            catalog[name] = PickleDataset(filepath=str(folder / f"{name}.pkl"))
-    SequentialRunner().run(pipeline, catalog)
-    return {name: catalog[name].load() for name in outputs}
+            saved[name] = PickleDataset(filepath=str(folder / f"{name}.pkl"))
+    data = {"raw_images": ImageFolderDataset(params["dataset"]["root"]), **saved}
+    return run_in_process(pipeline, params, data, outputs)
 
 
 def peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:

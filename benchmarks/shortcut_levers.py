@@ -46,6 +46,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from all_detection.configuration import project_parameters
 from all_detection.core.hardware import hardware_setup, sized_for_device
 from all_detection.core.model import (
     DIHEDRAL_SYMMETRIES,
@@ -59,7 +60,6 @@ from all_detection.core.stain import RandomStain, stain_reference
 from all_detection.core.training import extract_features, fit_cached
 from all_detection.image_io import ImageFolder
 from all_detection.layout import CLASSES
-from all_detection.parameters import project_parameters
 from all_detection.pipelines.shortcut_audit.nodes import (
     choose_audit_sample,
     counterfactual_smears,
@@ -67,8 +67,8 @@ from all_detection.pipelines.shortcut_audit.nodes import (
     model_inputs,
 )
 from all_detection.shortcuts import paint_corners
-from all_detection.studies import pooled_images, pooled_index
 from all_detection.studies.cross_validation.nodes import assign_folds, fold_splits
+from all_detection.studies.nodes import pooled_images, pooled_index
 
 PROJECT = Path(__file__).resolve().parents[1]
 STACKS = PROJECT / "data" / "03_primary"

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
-from kedro.io import DataCatalog, MemoryDataset
-from kedro.pipeline import Pipeline
-from kedro.runner import SequentialRunner
-
-from all_detection.parameters import parameter_feed
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,17 +30,6 @@ def copy_project(project: Path) -> Path:
         mlflow_yml.read_text().replace("sqlite:///mlflow.db", f"sqlite:///{project}/mlflow.db")
     )
     return project
-
-
-def run_in_process(
-    pipeline: Pipeline, parameters: dict[str, Any], data: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """`pipeline` run by Kedro's runner on in-memory data: its `data` inputs (`raw_images`...), fed
-    `parameters` as a Kedro context feeds them; its free outputs (ask for one with
-    `pipeline.to_outputs(name)`)."""
-    fed = {**parameter_feed(parameters), **(data or {})}
-    catalog = DataCatalog({name: MemoryDataset(value, copy_mode="assign") for name, value in fed.items()})
-    return {name: dataset.load() for name, dataset in SequentialRunner().run(pipeline, catalog).items()}
 
 
 def run_session(project: Path, env: str | None = None, pipeline: str = "ingestion", **params) -> None:

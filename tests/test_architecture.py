@@ -8,6 +8,9 @@ from pathlib import Path
 import all_detection.pipelines
 
 PIPELINES = Path(all_detection.pipelines.__file__).parent
+STUDIES = PIPELINES.parent / "studies"
+# What the studies share besides their wiring (`studies/wiring.py`), and each study's own nodes.
+STUDY_NODES = [STUDIES / "nodes.py", STUDIES / "figures.py", *sorted(STUDIES.glob("*/nodes.py"))]
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -40,11 +43,18 @@ def test_no_pipeline_s_nodes_import_another_pipeline():
 
 
 def test_the_studies_nodes_import_no_stage_s_nodes():
-    """A study composes the stages' pipelines in its wiring (`pipeline.py`); its nodes stand alone."""
-    studies = PIPELINES.parent / "studies"
-    for nodes in sorted(studies.glob("*/nodes.py")):
+    """A study composes the stages' pipelines in its wiring (`pipeline.py`, `studies/wiring.py`); its
+    nodes stand alone."""
+    for nodes in STUDY_NODES:
         imported = imported_modules(nodes)
         assert not any(name.startswith("all_detection.pipelines") for name in imported), nodes
+
+
+def test_the_studies_nodes_import_no_kedro():
+    """The studies' nodes and their figure are plain functions, callable from a notebook or a test as is."""
+    for nodes in STUDY_NODES:
+        imported = imported_modules(nodes)
+        assert not any(name == "kedro" or name.startswith("kedro.") for name in imported), nodes
 
 
 def test_the_hooks_and_the_core_import_no_pipeline():
@@ -58,5 +68,5 @@ def test_the_registry_lists_every_stage_and_study_folder():
     from all_detection.pipeline_registry import DEMO, ON_DEMAND, STAGES  # noqa: PLC0415
 
     folders = {path.parent.name for path in PIPELINES.glob("*/pipeline.py")}
-    folders |= {path.parent.name for path in (PIPELINES.parent / "studies").glob("*/pipeline.py")}
+    folders |= {path.parent.name for path in STUDIES.glob("*/pipeline.py")}
     assert set(STAGES) | set(ON_DEMAND) | set(DEMO) == folders

@@ -46,6 +46,7 @@ def _import_core_without(backend: str, forbidden: list[str]) -> subprocess.Compl
     return subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
 
 
+@pytest.mark.slow  # a fresh interpreter per backend
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
 def test_the_core_imports_only_keras_numpy_and_pandas(backend):
     if importlib.util.find_spec(backend) is None:

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
+from all_detection.checks import ParameterError
 from all_detection.layout import CLASSES
-from all_detection.parameters import ParameterError
 from tests.projects import run_session
 
 # Real `kedro run`s of the project, end to end.

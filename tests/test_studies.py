@@ -10,7 +10,7 @@ from kedro.io import DatasetError
 from kedro.pipeline import Node, Pipeline
 
 from all_detection.datasets import MlflowChildRunsDataset
-from all_detection.studies import model_run, variant
+from all_detection.studies.wiring import model_run, variant
 
 
 def scale(values: list[float], factor: float) -> list[float]:

@@ -21,9 +21,10 @@ import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 from mlflow.entities import Metric
 
+from all_detection.checks import HOW_TO_GET_A_MODEL
 from all_detection.core.arrays import release_pages
 from all_detection.image_io import ImageFolder, walk_without_following_links
-from all_detection.parameters import HOW_TO_GET_A_MODEL
+from all_detection.provenance import mlflow_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -300,10 +301,37 @@ class NumpyArrayDataset(AbstractDataset[np.ndarray, np.ndarray]):
         return {"filepath": str(self._filepath), "mmap_mode": self._mmap_mode}
 
 
-def log_metrics(client: mlflow.MlflowClient, run_id: str, metrics: list[Metric]) -> None:
-    """`metrics` logged to the run `run_id`, 1000 at a time (the most MLflow's log_batch takes)."""
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+class MlflowRunDataDataset(AbstractDataset[dict[str, Any], None]):
+    """What a run saw, logged with the MLflow run in progress: `params` as its parameters (the manifest's
+    digest and counts, `data.*`) and `rows` (the manifest's rows) as the run's MLflow dataset, the
+    Datasets column of the UI, named after the folder `source` and whose digest is the manifest's, so
+    two runs on different data never look alike. Without a run in progress (tracking off) nothing is
+    logged. Write-only: the manifest itself is the catalog's `manifest`.
+
+    Example catalog entry::
+
+        data_provenance:
+          type: all_detection.datasets.MlflowRunDataDataset
+    """
+
+    def __init__(self, context: str = "training", metadata: dict[str, Any] | None = None):
+        self._context = context
+        self.metadata = metadata
+
+    def save(self, data: dict[str, Any]) -> None:
+        if mlflow.active_run() is None:
+            return
+        params = data["params"]
+        mlflow.log_params(params)
+        dataset = mlflow_dataset(data["rows"], data["source"], params["data.manifest_sha256"])
+        mlflow.log_input(dataset, context=self._context)
+
+    def load(self) -> None:
+        raise DatasetError("A run's data record is in MLflow (its data.* parameters and its dataset); "
+                           "the manifest itself is the catalog's manifest")  # fmt: skip
+
+    def _describe(self) -> dict[str, Any]:
+        return {"context": self._context}
 
 
 class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):
@@ -336,6 +364,8 @@ class MlflowChildRunsDataset(AbstractDataset[dict[str, dict[str, Any]], None]):
         )
 
     def save(self, data: dict[str, dict[str, Any]]) -> None:
+        from all_detection.serving import log_metrics  # noqa: PLC0415 - imports Keras
+
         parent = mlflow.active_run()
         client = mlflow.MlflowClient()
         for name, record in data.items():

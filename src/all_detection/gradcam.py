@@ -6,19 +6,16 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from all_detection.core.model import InputScaling, inner_classifier, vgg16_layers
-from all_detection.core.stain import StainNormalisation
-
-#: The last convolution of VGG16, whose 14x14 (at 224 px) maps Grad-CAM weighs.
-GRADCAM_LAYER = "block5_conv3"
+from all_detection.core.model import gradcam_layers
 
 
 def gradcam_heatmaps(
     model: keras.Model, images: np.ndarray, class_indices: np.ndarray, batch_size: int = 16
 ) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al. 2017) of each image for its class in `class_indices`, on VGG16's
-    `block5_conv3`: the feature maps weighted by the spatially averaged gradient of the class's score
-    before softmax, rectified and scaled to [0, 1]. Returns (n, h, w) at the feature maps' size.
+    """Grad-CAM (Selvaraju et al. 2017) of each image for its class in `class_indices`, on VGG16's last
+    convolution (`core.model.gradcam_layers`): the feature maps weighted by the spatially averaged
+    gradient of the class's score before softmax, rectified and scaled to [0, 1]. Returns (n, h, w) at
+    the feature maps' size.
 
     `batch_size` images at a time: VGG16's first blocks hold about 50 MB of activations per image at
     224 px, so 80 images at once would add about 4 GB to the process. A dual (6-channel) model's
@@ -33,23 +30,18 @@ def gradcam_heatmaps(
 def _heatmaps(model: keras.Model, images: np.ndarray, class_indices: np.ndarray) -> np.ndarray:
     import tensorflow as tf  # noqa: PLC0415 - Keras 3 has no backend-neutral gradient; only this needs it
 
-    classifier = inner_classifier(model)
-    extractor, head = classifier.get_layer("feature_extractor"), classifier.get_layer("head")
-    scaling = next(layer for layer in extractor.layers if isinstance(layer, InputScaling))
-    # A stain-normalising model normalises the whole image (both halves of a dual one) before scaling.
-    normalised = [layer for layer in extractor.layers if isinstance(layer, StainNormalisation)]
-    layers = vgg16_layers(classifier)
-    conv = [layer.name for layer in layers].index(GRADCAM_LAYER)
-    stage = head.get_layer("stage")
-    to_stage = keras.Model(head.inputs, stage.input)
+    layers = gradcam_layers(model)
+    stage = layers["stage"]
+    to_stage = keras.Model(layers["head"].inputs, stage.input)
     batch = tf.convert_to_tensor(np.asarray(images, dtype=np.float32))
-    for layer in normalised:
+    # A stain-normalising model normalises the whole image (both halves of a dual one) before scaling.
+    for layer in layers["stain_normalisation"]:
         batch = layer(batch)
     halves = [batch[..., 3 * half : 3 * half + 3] for half in range(batch.shape[-1] // 3)]
-    maps = [_through(layers[: conv + 1], scaling(half)) for half in halves]
+    maps = [_through(layers["to_last_conv"], layers["input_scaling"](half)) for half in halves]
     with tf.GradientTape() as tape:
         tape.watch(maps[0])
-        features = [_through(layers[conv + 1 :], feature_map) for feature_map in maps]
+        features = [_through(layers["above_last_conv"], feature_map) for feature_map in maps]
         joined = features[0] if len(features) == 1 else tf.concat(features, axis=-1)
         # The class score before softmax, as in the paper: a confident softmax has vanishing gradients.
         logits = tf.matmul(tf.cast(to_stage(joined, training=False), stage.kernel.dtype), stage.kernel)

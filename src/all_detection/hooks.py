@@ -20,22 +20,16 @@ import mlflow
 import pandas as pd
 from kedro.framework.hooks import hook_impl
 
+from all_detection.checks import check_parameters, check_pipeline_shape, check_sources
 from all_detection.datasets import SPARK_NOT_INSTALLED
 from all_detection.layout import OK, SPLITS
-from all_detection.parameters import (
-    check_parameters,
-    check_pipeline_shape,
-    check_sources,
-    remember_run_parameters,
-)
-from all_detection.provenance import manifest_provenance, mlflow_dataset
 from all_detection.tracking_store import relocate_store
 
 logger = logging.getLogger(__name__)
 
 
 class ParameterCheckHooks:
-    """Refuse a run whose parameters cannot work before it does anything (`all_detection.parameters`):
+    """Refuse a run whose parameters cannot work before it does anything (`all_detection.checks`):
     the values as soon as the project's context exists (before the pipelines, and with them
     TensorFlow, are imported: a bad value fails in seconds), the folders and files its pipeline will
     read or write just before it starts. Registered last, so it runs before the other hooks (before
@@ -45,24 +39,13 @@ class ParameterCheckHooks:
     def after_context_created(self, context: Any) -> None:
         # The configuration's parameters with the run's --params applied; `context.params` would
         # import every pipeline first, to validate parameters against their nodes' type hints.
-        parameters = context.config_loader["parameters"]
-        check_parameters(parameters)
-        remember_run_parameters(parameters)  # the cross_validation pipeline's shape follows the run's
+        check_parameters(context.config_loader["parameters"])
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
         parameters = catalog.load("parameters")
         check_sources(parameters, pipeline, catalog, Path(run_params["project_path"]))
         check_pipeline_shape(parameters, pipeline)
-
-    # Once the run is over, pipelines built in this process (a notebook, a test) follow conf again.
-    @hook_impl
-    def after_pipeline_run(self, **kwargs: Any) -> None:
-        remember_run_parameters(None)
-
-    @hook_impl
-    def on_pipeline_error(self, **kwargs: Any) -> None:
-        remember_run_parameters(None)
 
 
 class RunEndingHooks:
@@ -207,18 +190,14 @@ def spark_session(settings: dict[str, str], app_name: str) -> Any:
 
 
 class RunRecordHooks:
-    """Tag each MLflow run with where and how it ran, and log the data it saw once that is known.
+    """Tag each MLflow run with where and how it ran (the data it saw is logged by ingestion's
+    `data_provenance`, an `MlflowRunDataDataset`).
 
     One tag per fact: kedro-mlflow's own (`kedro_version`, `project_path`...), then `env` always
     (Kedro's default `local` too), the runner's class name, the pipelines as a list, the Kedro session
     under its own name, `kedro_command` as the user typed it, the training and input modes, the base
-    weights asked for, the git commit and the device. Once the manifest exists: its digest and counts
-    as parameters (`data.*`), and the manifest as the run's MLflow dataset (the Datasets column), so two
-    runs on different data never look alike. Registered after kedro-mlflow's hook opens the run.
+    weights asked for, the git commit and the device. Registered after kedro-mlflow's hook opens the run.
     """
-
-    def __init__(self) -> None:
-        self.root: str | None = None
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline: Any, catalog: Any) -> None:
@@ -227,7 +206,6 @@ class RunRecordHooks:
         from all_detection.core.hardware import describe_device  # noqa: PLC0415 - imports Keras
 
         parameters = catalog.load("parameters")
-        self.root = str(parameters["dataset"]["root"])
         pipelines = ",".join(run_params.get("pipeline_names") or ["__default__"])
         command = typed_command(run_params)
         # kedro-mlflow's tags for facts tagged better below: the session's id as `run_id` (not MLflow's
@@ -252,15 +230,6 @@ class RunRecordHooks:
                 "device": describe_device(),
             }
         )
-
-    @hook_impl
-    def after_node_run(self, node: Any, catalog: Any, inputs: dict, outputs: dict, **kwargs: Any) -> None:
-        if "manifest" in outputs and mlflow.active_run() is not None:
-            manifest = outputs["manifest"]
-            provenance = manifest_provenance(manifest)
-            mlflow.log_params(provenance)
-            dataset = mlflow_dataset(manifest, self.root or "", provenance["data.manifest_sha256"])
-            mlflow.log_input(dataset, context="training")
 
 
 def typed_command(run_params: dict[str, Any]) -> str:
@@ -340,10 +309,12 @@ class RunSummaryHooks:
     def after_pipeline_run(
         self, run_params: dict[str, Any], pipeline: Any, catalog: Any, **kwargs: Any
     ) -> None:
-        paths = {}
-        for name in ("model_card", "metrics", "shortcut_audit", "predictions", "data_quality"):
-            if name in self.seen or (name == "model_card" and "shortcut_audit" in self.seen):
-                paths[name] = str(getattr(catalog.get(name), "_filepath", ""))
+        reports = [
+            name
+            for name in ("model_card", "metrics", "shortcut_audit", "predictions", "data_quality")
+            if name in self.seen or (name == "model_card" and "shortcut_audit" in self.seen)
+        ]
+        paths = report_paths(catalog, reports)
         active, run = mlflow.active_run(), None
         if active is not None:
             # The run's name as tagged since it was opened (RunRecordHooks), read back from the store.
@@ -351,6 +322,19 @@ class RunSummaryHooks:
             run = (name, active.info.run_id, mlflow.get_tracking_uri())
         for line in run_summary(self.seen, paths, run):
             logger.info(line)
+
+
+def report_paths(catalog: Any, names: list[str]) -> dict[str, str]:
+    """Where each of the datasets `names` is written, from the catalog's configuration of it as the
+    project resolved it (its `filepath`, or its wrapped dataset's for an MLflow artifact)."""
+    configuration = catalog.config_resolver.config
+    paths = {}
+    for name in names:
+        entry = configuration.get(name) or {}
+        path = entry.get("filepath") or (entry.get("dataset") or {}).get("filepath")
+        if path:
+            paths[name] = str(path)
+    return paths
 
 
 def run_summary(seen: dict[str, Any], paths: dict[str, str], run: tuple[str, str, str] | None) -> list[str]:

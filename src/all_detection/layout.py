@@ -51,6 +51,10 @@ INPUT_MODES: tuple[str, ...] = ("original", "segmented", "masked", "dual")
 DUAL_INPUT = "dual"
 RGB_CHANNELS = 3
 
+#: How `preprocessing.segmentation` reads an image's channels for HSV: true colour (`rgb`), or as the
+#: dataset's own Segmented/ images were made (`bgr_as_rgb`: the RGB conversion applied to OpenCV's BGR).
+CHANNEL_ORDERS: tuple[str, ...] = ("rgb", "bgr_as_rgb")
+
 #: What the model does with a smear's stain before it sees it (`preprocessing.stain_normalisation`):
 #: nothing, or Reinhard's transfer to the training images' stain (`core.stain.StainNormalisation`).
 STAIN_NORMALISATIONS: tuple[str, ...] = ("none", "reinhard")

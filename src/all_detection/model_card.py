@@ -1,6 +1,6 @@
 """The model card of a run: what it was trained on, how it was tested, what it scores and what it relies
-on, as `templates/model_card.md.j2` words it. `model_card_context` formats every value; the template
-holds the prose."""
+on. `model_card_context` gathers the facts (numbers formatted, flags, lists); the template
+`templates/model_card.md.j2` holds every word of the card."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def model_card_context(
     shortcut_audit: dict[str, Any],
     model_settings: dict[str, Any],
 ) -> dict[str, Any]:
-    """Everything the model card says, formatted: the run's data and provenance, split protocol (from
+    """Every fact the model card states, formatted: the run's data and provenance, split protocol (from
     the leakage measured, not from intentions), model, training, test results with their bootstrap
     intervals, per-class scores, calibration and detection, and what the shortcut audit found the model
     relies on (`shortcut_audit.json`). `model_settings` is the `model` parameters
@@ -35,10 +35,10 @@ def model_card_context(
     data-quality report) is said to be one."""
     test, val, run = metrics["test"], metrics["val"], metrics["run"]
     weights = training_summary["base_weights"]
-    split = data_quality.get("split", {})
     intervals = test.get("confidence_intervals", {})
     recipe = run.get("recipe", {})
     head = model_settings.get("head", {})
+    dice = nested(data_quality, "segmentation_agreement", "Pro", "dice_mean")
     return {
         "classes": list(CLASSES),
         "synthetic": bool(data_quality.get("synthetic")),
@@ -49,58 +49,28 @@ def model_card_context(
         "input_scaling": model_settings.get("input_scaling", "n/a"),
         "head": {key: head.get(key, "n/a") for key in ("conv_filters", "dense_units", "dropout")},
         "files": data_quality["files"],
-        "quarantine_reasons": _reasons(data_quality.get("quarantined", {}).get("by_reason", {})),
+        "quarantine_reasons": data_quality.get("quarantined", {}).get("by_reason", {}),
         "usable_images": _usable_images(data_quality),
         "split_table": [
             {"label": label, **{name: counts.get(name, 0) for name in ("train", "val", "test", "total")}}
             for label, counts in data_quality["images_per_class_and_split"].items()
         ],
-        "split_protocol": _split_protocol(run, data_quality, split, split.get("requested", {})),
-        "split_sizes": _sizes(run["split_sizes"]),
-        "fine_tuning": _fine_tuning(recipe),
+        "split_protocol": _split_protocol(run, data_quality),
+        "split_sizes": run["split_sizes"],
+        "fine_tuned_layers": recipe.get("fine_tuned_layers") or [],
+        "cache_at": recipe.get("cache_at"),
         "run": {
             key: run[key]
             for key in ("input_mode", "image_size", "mode", "epochs_run", "best_epoch", "device")
         },
         "class_weight": recipe.get("class_weight", "none"),
-        "balanced_augmentation": "on" if recipe.get("balanced_augmentation") else "off",
-        "tta": _tta(recipe.get("tta", "none")),
+        "balanced_augmentation": bool(recipe.get("balanced_augmentation")),
+        "tta": recipe.get("tta", "none"),
         "test_n": test.get("n", 0),
         "level": round(100 * intervals.get("level", 0.95)),
         "bootstrap_samples": intervals.get("bootstrap_samples", "n/a"),
-        "headline": [
-            {
-                "metric": "accuracy",
-                "test": _fmt(test.get("accuracy")),
-                "interval": _interval(intervals.get("accuracy")),
-                "val": _fmt(val.get("accuracy")),
-            },
-            {
-                "metric": "macro F1",
-                "test": _fmt(test.get("macro_f1")),
-                "interval": _interval(intervals.get("macro_f1")),
-                "val": _fmt(val.get("macro_f1")),
-            },
-            {
-                "metric": "weighted F1",
-                "test": _fmt(test.get("weighted_f1")),
-                "interval": "",
-                "val": _fmt(val.get("weighted_f1")),
-            },
-            {
-                "metric": "Cohen's kappa",
-                "test": _fmt(test.get("cohen_kappa")),
-                "interval": "",
-                "val": _fmt(val.get("cohen_kappa")),
-            },
-            {"metric": "MCC", "test": _fmt(test.get("mcc")), "interval": "", "val": _fmt(val.get("mcc"))},
-            {
-                "metric": "ROC AUC (macro, one-vs-rest)",
-                "test": _fmt(nested(test, "roc_auc", "macro")),
-                "interval": "",
-                "val": _fmt(nested(val, "roc_auc", "macro")),
-            },
-        ],
+        "headline": {"test": _headline(test), "val": _headline(val)},
+        "intervals": {name: _interval(intervals.get(name)) for name in ("accuracy", "macro_f1")},
         "per_class": [
             {
                 "label": label,
@@ -118,7 +88,7 @@ def model_card_context(
             "specificity": _fmt(nested(test, "detection", "specificity")),
             **{count: nested(test, "detection", count) for count in ("tp", "fn", "tn", "fp")},
         },
-        "pro_agreement": _pro_agreement(data_quality),
+        "pro_mask_dice": None if dice is None else f"{dice:.2f}",
         "reliance": _reliance(shortcut_audit, test.get("accuracy"), intervals.get("accuracy")),
     }
 
@@ -135,51 +105,30 @@ def write_model_card(context: dict[str, Any]) -> str:
     return environment.get_template("model_card.md.j2").render(context)
 
 
-def _split_protocol(
-    run: dict[str, Any], data_quality: dict[str, Any], split: dict[str, Any], requested: dict[str, Any]
-) -> list[str]:
-    """The card's split section, from the leakage measured in this run rather than from intentions."""
-    leaked = nested(run, "leakage", "test", "same_source_in_training") or 0
-    if leaked:
-        fraction = nested(run, "leakage", "test", "fraction_same_source") or 0
-        return [
-            f"- **Leaky protocol.** {leaked} of the {run['split_sizes']['test']} test images "
-            f"({100 * fraction:.1f}%) have their source image, or a random view of it, in the training "
-            "set: the images were augmented before they were split, as Mishra et al. did. These test "
-            "numbers measure recall of seen images, not generalisation to new ones.",
-        ]
-    return [
-        "- The images were split into training, validation and test sets **before augmentation**; only the "
-        "training split was augmented, so no test image, nor a transform of one, was seen in training "
-        "(measured: no test image shares a source image or a duplicate group with a training view).",
-        "- Exact and near-duplicate images, and images of one field shifted, form groups that were **kept "
-        f"together** in one split ({nested(data_quality, 'duplicates', 'exact_groups') or 0} exact, "
-        f"{nested(data_quality, 'duplicates', 'near_groups') or 0} near-duplicate and "
-        f"{nested(data_quality, 'duplicates', 'overlap_groups') or 0} overlapping-field groups).",
-        f"- **Stratified** by class, **seeded** (seed {split.get('seed', 'n/a')}), with fractions "
-        f"test {requested.get('test_fraction', 'n/a')} and validation {requested.get('val_fraction', 'n/a')} "
-        "of the usable images of each class.",
-    ]
+def _split_protocol(run: dict[str, Any], data_quality: dict[str, Any]) -> dict[str, Any]:
+    """The split's facts as measured in this run (test images whose source image was trained on), and as
+    requested (duplicate groups kept together, seed, fractions)."""
+    split = data_quality.get("split", {})
+    requested = split.get("requested", {})
+    seen = nested(run, "leakage", "test", "fraction_same_source") or 0
+    return {
+        "test_images_seen": nested(run, "leakage", "test", "same_source_in_training") or 0,
+        "test_images_seen_percent": f"{100 * seen:.1f}",
+        "groups": {
+            kind: nested(data_quality, "duplicates", f"{kind}_groups") or 0
+            for kind in ("exact", "near", "overlap")
+        },
+        "seed": split.get("seed", "n/a"),
+        "test_fraction": requested.get("test_fraction", "n/a"),
+        "val_fraction": requested.get("val_fraction", "n/a"),
+    }
 
 
-def _fine_tuning(recipe: dict[str, Any]) -> str:
-    tuned = recipe.get("fine_tuned_layers") or []
-    if not tuned:
-        return "**Frozen**: all of VGG16 keeps its ImageNet weights; only the head was trained."
-    return (
-        f"**Fine-tuned**: the head trained first on the frozen features, then VGG16's "
-        f"{', '.join(tuned)} trained with it (the base was cached at `{recipe.get('cache_at')}`); "
-        "every layer below stayed as ImageNet trained it."
-    )
-
-
-def _tta(tta: str) -> str:
-    if tta == "dihedral":
-        return (
-            "`dihedral`: each image's probabilities are the mean over its 8 exact rotations and mirror "
-            "images, in evaluation, inference and MLflow serving alike."
-        )
-    return "none."
+def _headline(block: dict[str, Any]) -> dict[str, str]:
+    """One split's headline scores, formatted."""
+    scores = {name: block.get(name) for name in ("accuracy", "macro_f1", "weighted_f1", "cohen_kappa", "mcc")}
+    scores["roc_auc"] = nested(block, "roc_auc", "macro")
+    return {name: _fmt(value) for name, value in scores.items()}
 
 
 def _usable_images(data_quality: dict[str, Any]) -> int:
@@ -187,29 +136,13 @@ def _usable_images(data_quality: dict[str, Any]) -> int:
     return sum(counts["total"] for counts in data_quality["images_per_class_and_split"].values())
 
 
-def _reasons(by_reason: dict[str, int]) -> str:
-    return f" ({', '.join(f'{reason}: {count}' for reason, count in by_reason.items())})" if by_reason else ""
-
-
-def _sizes(sizes: dict[str, int]) -> str:
-    return ", ".join(f"{split} {count}" for split, count in sizes.items())
-
-
-def _pro_agreement(data_quality: dict[str, Any]) -> str:
-    dice = nested(data_quality, "segmentation_agreement", "Pro", "dice_mean")
-    return (
-        ""
-        if dice is None
-        else f"; the colour-threshold segmentation agrees with the dataset's Pro masks at Dice {dice:.2f}"
-    )
-
-
 def _reliance(audit: dict[str, Any], accuracy: float | None, interval: list[float] | None) -> dict[str, Any]:
-    """The card's "What this model relies on": the null models and counterfactuals as table rows, the
-    Grad-CAM shares, and plain sentences read off the numbers (never written in advance)."""
+    """The facts of "What this model relies on": the null models and counterfactuals as table rows, the
+    strongest null model against the model, the stain swap and the Grad-CAM shares, each read off the
+    audit's numbers (None where the audit lacks them)."""
     nulls = audit["null_models"]
     null_rows = [
-        {"cue": name.replace("_", " "), "what": block["cue"], "accuracy": _fmt(block.get("accuracy")),
+        {"name": name, "cue": block["cue"], "accuracy": _fmt(block.get("accuracy")),
          "interval": _interval(block.get("interval"))}
         for name, block in nulls.items()
     ]  # fmt: skip
@@ -217,50 +150,49 @@ def _reliance(audit: dict[str, Any], accuracy: float | None, interval: list[floa
     changes = [name for name in counterfactuals if isinstance(counterfactuals[name], dict)]
     counterfactual_rows = [
         {
-            "test": name.replace("_", " "),
-            "what": counterfactuals[name].get("change", "the audited images as they are"),
+            "name": name,
+            "change": counterfactuals[name].get("change"),
             "accuracy": _fmt(counterfactuals[name].get("accuracy")),
             "interval": _interval(counterfactuals[name].get("interval")),
             "drop": "" if name == "unchanged" else _fmt(counterfactuals[name].get("drop")),
         }
         for name in changes
     ]
-    reading = []
-    best_name, best = max(nulls.items(), key=lambda item: item[1].get("accuracy") or 0)
+    strongest_null = None
+    best = max(nulls.values(), key=lambda block: block.get("accuracy") or 0)
     if accuracy is not None and best.get("accuracy") is not None:
-        clear = bool(interval and best.get("interval") and interval[0] > best["interval"][1])
-        verdict = (
-            "the model is above it by more than both intervals."
-            if clear
-            else "the model is not clear of it by both intervals, so its test accuracy alone cannot show "
-            "that it reads the cells' morphology."
-        )
-        reading.append(
-            f"A classifier that sees no cell shapes ({best['cue']}) reaches {best['accuracy']:.3f} on the "
-            f"same test images, against the model's {accuracy:.3f}: {verdict}"
-        )  # fmt: skip
+        strongest_null = {
+            "cue": best["cue"],
+            "accuracy": f"{best['accuracy']:.3f}",
+            "model_accuracy": f"{accuracy:.3f}",
+            "model_is_clear": bool(interval and best.get("interval") and interval[0] > best["interval"][1]),
+        }
     swap = counterfactuals.get("stain_swap")
+    stain_swap = None
     if swap and swap.get("accuracy") is not None:
-        reading.append(
-            f"Given the stain of another class's smear, the model scores {swap['accuracy']:.3f} "
-            f"({_fmt(swap.get('drop'))} below the same smears unchanged) and "
-            f"{100 * (swap.get('follows_donor') or 0):.1f}% of its answers name the stain's class instead."
-        )
+        stain_swap = {
+            "accuracy": f"{swap['accuracy']:.3f}",
+            "drop": _fmt(swap.get("drop")),
+            "follows_donor_percent": f"{100 * (swap.get('follows_donor') or 0):.1f}",
+        }
     attention = audit["attention"]
     shares = attention["all"]["share"] if attention.get("available") else None
+    evidence = None
     if shares and shares["blast_mask"] is not None:
-        area = attention["all"]["area"]["blast_mask"] or 0
-        reading.append(
-            f"{100 * (shares['blast_mask'] or 0):.0f}% of its Grad-CAM evidence lies on the stained cells "
-            f"(dilated blast mask, {100 * area:.0f}% of the image) and {100 * (shares['corners'] or 0):.0f}% "
-            "in the corners."
-        )
+        evidence = {
+            "blast_mask_percent": f"{100 * (shares['blast_mask'] or 0):.0f}",
+            "blast_mask_area_percent": f"{100 * (attention['all']['area']['blast_mask'] or 0):.0f}",
+            "corners_percent": f"{100 * (shares['corners'] or 0):.0f}",
+        }
     return {
         "null_models": null_rows,
         "counterfactuals": counterfactual_rows,
         "audited_images": counterfactuals.get("images", 0),
         "test_images": audit.get("test_images", 0),
         "chance": _fmt((audit.get("chance") or {}).get("majority_class")),
+        "strongest_null": strongest_null,
+        "stain_swap": stain_swap,
+        "evidence": evidence,
         "attention": None
         if shares is None
         else {
@@ -268,6 +200,4 @@ def _reliance(audit: dict[str, Any], accuracy: float | None, interval: list[floa
             for name in shares
         },
         "attention_note": attention.get("reason", ""),
-        "reading": reading,
-        "best_null": best_name.replace("_", " "),
     }

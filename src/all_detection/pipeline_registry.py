@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
-from all_detection.parameters import shaping_parameters, writes_synthetic_set
+from all_detection.configuration import shaping_parameters, writes_synthetic_set
 from all_detection.pipelines import (
     augmentation,
     batch_scoring,

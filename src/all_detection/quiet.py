@@ -15,6 +15,9 @@ from pathlib import Path
 # deprecations, MLflow asking kedro-mlflow's PythonModel for type hints at import, and MLflow failing
 # to import its TensorFlow autologging while kedro-mlflow switches autologging off (it stays off).
 KNOWN_WARNINGS = ("register_new_resolver() is deprecated", "Add type hints to the `predict` method")
+# A study's report reads its runs' outputs by the names Kedro's namespacing gives them ("paper.metrics"),
+# which Kedro warns about whenever a node outside the namespace names one.
+STUDY_WARNINGS = ("One or more dataset names contain '.'",)
 # Batch scoring on Spark: PySpark 4.3 warns on every pandas conversion that it does not yet fully
 # support pandas 3 (the pipeline's Spark path is tested row for row against the inference pipeline's,
 # tests/spark), and MLflow that `env_manager="local"` does not rebuild the training environment, which
@@ -43,6 +46,8 @@ def silence_known_noise() -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     for message in KNOWN_WARNINGS:  # MLflow colours its message: match it anywhere, not at the start
         warnings.filterwarnings("ignore", message=f".*{re.escape(message)}", category=UserWarning)
+    for message in STUDY_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning)
     # MLflow shows its type-hint warning under its own "once" filter, which outranks any filter set
     # here; Kedro logs warnings through `py.warnings`, where this filter drops it.
     for message in SPARK_WARNINGS:

@@ -17,10 +17,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from all_detection.layout import INPUT_MODES
+from all_detection.layout import CHANNEL_ORDERS, INPUT_MODES
 from all_detection.shortcuts import paint_corners
-
-CHANNEL_ORDERS = ("rgb", "bgr_as_rgb")
 
 #: The dataset authors' published recipe, quirk included, as `blast_mask` parameters.
 AUTHORS_RECIPE: dict[str, Any] = {

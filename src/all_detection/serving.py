@@ -24,6 +24,7 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities import Metric
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema, TensorSpec
 
@@ -336,15 +337,17 @@ def record_model_version(
     }
 
 
+def log_metrics(client: mlflow.MlflowClient, run_id: str, metrics: list[Metric]) -> None:
+    """`metrics` logged to the run `run_id`, 1000 at a time (the most MLflow's log_batch takes)."""
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
 def link_test_metrics(
     client: mlflow.MlflowClient, run_id: str, model_id: str, dataset: str, digest: str
 ) -> None:
     """Link the run's `test_*` metrics to its logged model, on the run's dataset. They are logged again
     with the same value, step and timestamp, which the run keeps once; the model gains them."""
-    from mlflow.entities import Metric  # noqa: PLC0415
-
-    from all_detection.datasets import log_metrics  # noqa: PLC0415
-
     keys = [key for key in client.get_run(run_id).data.metrics if key.startswith("test_")]
     points = [point for key in keys for point in client.get_metric_history(run_id, key)]
     linked = [

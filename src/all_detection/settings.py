@@ -1,6 +1,6 @@
 """Project settings: Kedro's defaults, plus deep-merged parameters and the hooks in a known order."""
 
-from all_detection.parameters import SessionConfigLoader, merged_config
+from all_detection import configuration
 from all_detection.quiet import silence_known_noise
 
 # Before the libraries load: see all_detection.quiet.
@@ -34,14 +34,7 @@ HOOKS = (
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro-mlflow", "kedro_mlflow")
 
 # Kedro's OmegaConfigLoader, remembering the session's --env and --params for the pipelines whose shape
-# they set, also in kedro-viz, which runs no hook (all_detection.parameters.shaping_parameters).
-CONFIG_LOADER_CLASS = SessionConfigLoader
-CONFIG_LOADER_ARGS = {
-    "base_env": "base",
-    "default_run_env": "local",
-    # An environment such as `demo` overrides single keys (`dataset.root`) without restating the rest.
-    "merge_strategy": {"parameters": "soft", "globals": "soft"},
-    # `${merge:${preprocessing},{input_mode: masked}}`: a section as configured with some keys replaced,
-    # for the studies' variants (conf/base/parameters_input_mode_comparison.yml).
-    "custom_resolvers": {"merge": merged_config},
-}
+# they set, also in kedro-viz, which runs no hook; its settings (merge strategy, the `merge` resolver)
+# live with it in all_detection.configuration, which also reads parameters outside a session.
+CONFIG_LOADER_CLASS = configuration.SessionConfigLoader
+CONFIG_LOADER_ARGS = configuration.CONFIG_LOADER_ARGS

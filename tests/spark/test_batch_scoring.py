@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from all_detection.checks import InferenceSetupError
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
 from all_detection.datasets import MlflowModelRegistrationDataset
 from all_detection.image_io import ImageFolder
 from all_detection.layout import CLASSES, OK, PREDICTION_COLUMNS, PROBABILITY_COLUMNS
-from all_detection.parameters import InferenceSetupError
 from all_detection.pipelines.batch_scoring.nodes import (
     check_served_model,
     list_archive,

@@ -15,7 +15,7 @@ import keras
 import mlflow
 import yaml
 
-from all_detection.parameters import InferenceSetupError
+from all_detection.checks import InferenceSetupError
 from all_detection.pipelines.inference.nodes import check_model_input
 from all_detection.serving import CHAMPION, REGISTERED_NAME, SYNTHETIC_REGISTERED_NAME
 

@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from all_detection.core.choices import AUTO_BATCH_SIZE, LEARNING_RATE_SCALINGS, MIXED_PRECISION
 from all_detection.layout import DISTRIBUTIONS
 
 #: `training.feature_batch_size` and `training.batch_size` on a CPU when they are `auto`: 16 images at
@@ -65,6 +66,8 @@ def hardware_setup(training: dict[str, Any], seed: int) -> Iterator[dict[str, An
     precision, distribution = training["mixed_precision"], training["distribution"]
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"training.distribution must be one of {DISTRIBUTIONS}, not {distribution!r}")
+    if precision not in MIXED_PRECISION:
+        raise ValueError(f"training.mixed_precision must be one of {MIXED_PRECISION}, not {precision!r}")
     mixed = precision == "on" or (precision == "auto" and bool(gpus))
     parallel = distribution == "data_parallel" or (distribution == "auto" and len(gpus) > 1)
     keras.utils.set_random_seed(seed)
@@ -188,14 +191,16 @@ def sized_for_device(training: dict[str, Any], image_size: int) -> dict[str, Any
     sized = dict(training)
     for kind in ("feature_batch_size", "batch_size"):
         value = training[kind]
-        if value == "auto":
+        if value == AUTO_BATCH_SIZE:
             cached_head = kind == "batch_size" and training.get("mode", "cached") == "cached"
             sized[kind] = REFERENCE_BATCH_SIZE if cached_head else auto_batch_size(kind, image_size)
         elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"training.{kind} must be a positive whole number or 'auto', not {value!r}")
     scaling = training.get("learning_rate_scaling", "none")
-    if scaling not in ("sqrt", "none"):
-        raise ValueError(f"training.learning_rate_scaling must be 'sqrt' or 'none', not {scaling!r}")
+    if scaling not in LEARNING_RATE_SCALINGS:
+        raise ValueError(
+            f"training.learning_rate_scaling must be one of {LEARNING_RATE_SCALINGS}, not {scaling!r}"
+        )
     factor = math.sqrt(sized["batch_size"] / REFERENCE_BATCH_SIZE) if scaling == "sqrt" else 1.0
     for rate in ("learning_rate", "fine_tune_learning_rate"):
         sized[rate] = training[rate] * factor

@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from all_detection.core.choices import BASE_OUTPUT, INPUT_SCALINGS, TTA_MODES, VGG16_BLOCKS
 from all_detection.core.stain import StainNormalisation
 from all_detection.layout import CLASSES
 
@@ -20,11 +21,8 @@ logger = logging.getLogger(__name__)
 
 # VGG16's ImageNet weights were trained on BGR images with these channel means subtracted ("caffe" mode).
 IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
-VGG16_BLOCKS = 5
 #: The symmetries of the square: 4 quarter turns, each also mirrored.
 DIHEDRAL_SYMMETRIES = 8
-#: The frozen base's output, the default `training.cache_at`: all of VGG16 frozen.
-BASE_OUTPUT = "block5_pool"
 
 
 class BaseWeightsError(RuntimeError):
@@ -38,8 +36,8 @@ class InputScaling(keras.layers.Layer):
 
     def __init__(self, scaling: str = "imagenet", **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if scaling not in ("imagenet", "unit"):
-            raise ValueError(f"model.input_scaling must be 'imagenet' or 'unit', not {scaling!r}")
+        if scaling not in INPUT_SCALINGS:
+            raise ValueError(f"model.input_scaling must be one of {INPUT_SCALINGS}, not {scaling!r}")
         self.scaling = scaling
 
     def call(self, images):
@@ -262,10 +260,6 @@ def assemble_classifier(
     return keras.Model(images, head(x), name="all_classifier")
 
 
-#: `evaluation.tta`: `none`, or `dihedral`, the mean of the probabilities of the 8 dihedral views.
-TTA_MODES = ("none", "dihedral")
-
-
 def with_test_time_augmentation(classifier: keras.Model, tta: str) -> keras.Model:
     """The classifier itself (`none`) or one that averages its probabilities over the 8 dihedral views
     of each image (`dihedral`: 4 quarter turns, each also mirrored).
@@ -305,6 +299,26 @@ def vgg16_layers(classifier: keras.Model) -> list[keras.layers.Layer]:
     ]
     parts += [layer for layer in classifier.layers if layer.name == "base_above_cut"]
     return [layer for part in parts for layer in part.layers if layer.name.startswith("block")]
+
+
+def gradcam_layers(model: keras.Model) -> dict[str, Any]:
+    """What Grad-CAM needs of a trained classifier (the inner one of a test-time-augmented model): the
+    feature extractor's `stain_normalisation` layers (none or one) and `input_scaling`, VGG16's layers
+    up to its last convolution, `block5_conv3` (whose maps, 14x14 at 224 px, Grad-CAM weighs), and
+    above it, and the `head` with its output layer `stage`, whose kernel gives the scores before softmax.
+    """
+    classifier = inner_classifier(model)
+    extractor, head = classifier.get_layer("feature_extractor"), classifier.get_layer("head")
+    layers = vgg16_layers(classifier)
+    cut = [layer.name for layer in layers].index("block5_conv3") + 1
+    return {
+        "stain_normalisation": [layer for layer in extractor.layers if isinstance(layer, StainNormalisation)],
+        "input_scaling": next(layer for layer in extractor.layers if isinstance(layer, InputScaling)),
+        "to_last_conv": layers[:cut],
+        "above_last_conv": layers[cut:],
+        "head": head,
+        "stage": head.get_layer("stage"),
+    }
 
 
 def unfreeze_last_blocks(base: keras.Model, blocks: int) -> list[str]:

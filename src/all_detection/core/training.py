@@ -18,13 +18,12 @@ import pandas as pd
 
 from all_detection.core.arrays import prefetched_batches, release_pages, scratch_array
 from all_detection.core.augmenter import build_augmenter
+from all_detection.core.choices import CLASS_WEIGHTS
 from all_detection.core.hardware import batch_split, padded_predict
 from all_detection.core.model import assemble_classifier, one_hot, unfreeze_last_blocks
 from all_detection.core.progress import Progress
 
 logger = logging.getLogger(__name__)
-
-CLASS_WEIGHTS = ("none", "balanced")
 
 
 def extract_features(extractor: keras.Model, images: np.ndarray, batch_size: int, dtype: str) -> np.ndarray:

@@ -1,5 +1,5 @@
-"""Evaluation nodes: metrics on hand-made predictions with a known confusion matrix, and prediction,
-Grad-CAM and figures on a tiny randomly initialised model at 32 px."""
+"""Evaluation: metrics and their report on hand-made predictions with a known confusion matrix, the
+model card, and prediction, Grad-CAM and figures on a tiny randomly initialised model at 32 px."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 
 from all_detection.core.model import assemble_classifier, build_base, build_feature_extractor, build_head
 from all_detection.gradcam import gradcam_heatmaps
-from all_detection.layout import CLASSES
-from all_detection.metrics import bootstrap_intervals
+from all_detection.layout import CLASSES, PROBABILITY_COLUMNS
+from all_detection.metrics import bootstrap_intervals, expected_calibration_error, one_vs_rest_auc
 from all_detection.model_card import model_card_context, write_model_card
 from all_detection.pipelines.evaluation import figures
 from all_detection.pipelines.evaluation.figures import (
@@ -28,15 +28,11 @@ from all_detection.pipelines.evaluation.figures import (
     plot_roc_curves,
     plot_training_curves,
 )
-from all_detection.pipelines.evaluation.nodes import (
-    PROBABILITY_COLUMNS,
+from all_detection.pipelines.evaluation.nodes import evaluate_split, predict_split
+from all_detection.pipelines.evaluation.report import (
     assemble_metrics,
-    evaluate_split,
-    expected_calibration_error,
     history_to_mlflow_metrics,
     measure_leakage,
-    one_vs_rest_auc,
-    predict_split,
     split_mlflow_metrics,
     to_mlflow_metrics,
     write_classification_report,

@@ -8,8 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from kedro.io import DataCatalog, DatasetError, MemoryDataset
-from kedro.runner import SequentialRunner
+from kedro.io import DatasetError
 
 from all_detection.core.model import (
     assemble_classifier,
@@ -21,6 +20,7 @@ from all_detection.core.model import (
 from all_detection.datasets import KerasModelDataset
 from all_detection.image_io import ImageFolder, decode_rgb
 from all_detection.layout import CLASSES
+from all_detection.offline import run_in_process
 from all_detection.pipelines.evaluation.nodes import predict_split
 from all_detection.pipelines.inference import create_pipeline
 from all_detection.pipelines.inference.nodes import (
@@ -209,15 +209,8 @@ def test_a_model_is_loaded_from_an_mlflow_run(tracking_store, model_file, tmp_pa
 
 def test_the_pipeline_as_wired_scores_with_the_catalog_s_model(image_folder, model_file, predictions):
     root, _ = image_folder
-    parameters = {
-        "params:inference": {"batch_size": 32},
-        "params:ingestion": INGESTION,
-        "params:preprocessing": PREPROCESSING,
-    }
-    catalog = DataCatalog({name: MemoryDataset(value) for name, value in parameters.items()})
-    catalog["inference_images"] = MemoryDataset(ImageFolder(root), copy_mode="assign")
-    catalog["model"] = KerasModelDataset(filepath=str(model_file))
-    catalog["predictions_of_run"] = MemoryDataset()
-    SequentialRunner().run(create_pipeline(), catalog)
+    parameters = {"inference": {"batch_size": 32}, "ingestion": INGESTION, "preprocessing": PREPROCESSING}
+    data = {"inference_images": ImageFolder(root), "model": KerasModelDataset(filepath=str(model_file))}
     # `predictions` is released once its last reader, the node keeping this run's copy, has run.
-    pd.testing.assert_frame_equal(catalog.load("predictions_of_run"), predictions)
+    scored = run_in_process(create_pipeline(), parameters, data)["predictions_of_run"]
+    pd.testing.assert_frame_equal(scored, predictions)

@@ -10,6 +10,7 @@ import pytest
 
 from all_detection import image_io
 from all_detection.image_io import ImageFolder
+from all_detection.offline import run_in_process
 from all_detection.pipelines import ingestion
 from all_detection.pipelines.ingestion.nodes import (
     CONFLICTING_LABELS,
@@ -22,7 +23,6 @@ from all_detection.pipelines.ingestion.nodes import (
     summarise_data_quality,
 )
 from tests.defects import write_defective_dataset
-from tests.projects import run_in_process
 
 OVERLAP = {"candidates": 10, "keypoints": 500, "min_shared_keypoints": 15}
 INGESTION = {"min_side_px": 32, "max_pixels": 40_000_000, "max_file_mb": 100, "near_duplicate_max_bits": 10,

@@ -20,6 +20,7 @@ from all_detection.core.model import assemble_classifier, build_base, build_feat
 from all_detection.core.prediction import predict_probabilities
 from all_detection.image_io import ImageFolder
 from all_detection.layout import CLASSES, PROBABILITY_COLUMNS, whole_images
+from all_detection.offline import run_in_process
 from all_detection.pipelines import shortcut_audit
 from all_detection.pipelines.shortcut_audit.nodes import (
     COUNTERFACTUALS,
@@ -31,7 +32,6 @@ from all_detection.pipelines.shortcut_audit.nodes import (
     shortcut_audit_mlflow_metrics,
 )
 from tests.configuration import configured_parameters
-from tests.projects import run_in_process
 
 SIZE = 48
 SEED = 42
@@ -202,6 +202,7 @@ def test_the_audit_skips_augmented_views_and_draws_a_balanced_seeded_subset():
     assert (index["view"].to_numpy()[chosen["row"]] == 0).all()
 
 
+@pytest.mark.slow  # the audit pipeline as wired, run twice
 def test_the_whole_audit_is_the_same_for_the_same_seed(fields: dict):
     """The audit pipeline as `kedro run` wires it, twice, on a tiny randomly initialised classifier."""
     base, _ = build_base(SIZE, None)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from kedro_datasets.tensorflow import TensorFlowModelDataset
 
+from all_detection.checks import ParameterError, check_pipeline_shape
 from all_detection.core.model import (
     BaseWeightsError,
     assemble_classifier,
@@ -21,10 +22,9 @@ from all_detection.core.model import (
 from all_detection.core.stain import stain_reference, transfer_stain
 from all_detection.core.training import class_weights
 from all_detection.layout import CLASSES
-from all_detection.parameters import ParameterError, check_pipeline_shape
 from all_detection.pipelines.training import create_pipeline
 from all_detection.pipelines.training.nodes import cache_base_features, fit_head, fit_online
-from tests.configuration import configured_parameters
+from tests.configuration import configured_parameters, session_configuration
 
 MODEL = {**configured_parameters()["model"], "base_weights": None}
 PREPROCESSING = configured_parameters()["preprocessing"]
@@ -305,17 +305,14 @@ def test_the_demo_falls_back_to_a_random_base_and_records_why(tmp_path, caplog):
     assert not base.trainable
 
 
-def test_the_training_pipeline_has_the_nodes_of_the_run_s_mode(monkeypatch):
-    import all_detection.parameters  # noqa: PLC0415
-
-    parameters = configured_parameters()
-    assert parameters["training"]["mode"] == "cached"
-    cached = create_pipeline()  # outside a run: the project's conf
+def test_the_training_pipeline_has_the_nodes_of_the_run_s_mode():
+    with session_configuration() as parameters:
+        assert parameters["training"]["mode"] == "cached"
+        cached = create_pipeline()
     assert {"cache_base_features_node", "fit_head_node"} <= {node.name for node in cached.nodes}
-    # As the parameter hook records a run's parameters before Kedro registers the pipelines.
-    online_run = {**parameters, "training": {**parameters["training"], "mode": "online"}}
-    monkeypatch.setattr(all_detection.parameters, "_run_parameters", online_run)
-    online = create_pipeline()
+    # A session with --params training.mode=online registers the online pipeline.
+    with session_configuration(training={"mode": "online"}) as online_run:
+        online = create_pipeline()
     assert "fit_online_node" in {node.name for node in online.nodes}
     assert not {"train_features", "feature_cache", "augmented_train_images"} & online.all_inputs()
     check_pipeline_shape(online_run, online)

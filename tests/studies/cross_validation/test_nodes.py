@@ -18,7 +18,7 @@ from all_detection.studies.cross_validation.nodes import (
     summarise_folds,
 )
 from all_detection.studies.cross_validation.pipeline import create_pipeline
-from tests.configuration import configured_parameters
+from tests.configuration import session_configuration
 
 
 def index(split: str, per_class: int) -> pd.DataFrame:
@@ -81,20 +81,16 @@ def test_a_fold_s_stacks_hold_its_rows_in_the_pooled_order():
         split_fold(*images, assigned.iloc[:-1])
 
 
-def test_the_pipeline_has_one_namespace_per_configured_fold(monkeypatch):
-    import all_detection.parameters  # noqa: PLC0415
-
-    # As the parameter hook records a run's parameters before Kedro registers the pipelines.
-    three_folds = {**configured_parameters(), "cross_validation": {"folds": 3}}
-    monkeypatch.setattr(all_detection.parameters, "_run_parameters", three_folds)
-    pipeline = create_pipeline()
+def test_the_pipeline_has_one_namespace_per_configured_fold():
+    # A session with --params cross_validation.folds=3 registers three folds.
+    with session_configuration(cross_validation={"folds": 3}):
+        pipeline = create_pipeline()
     namespaces = {node.namespace for node in pipeline.nodes if node.namespace}
     assert namespaces == {"fold_1", "fold_2", "fold_3"}
     assert {"fold_1.metrics", "fold_3.model_card", "fold_2.confusion_matrix_figure"} <= pipeline.all_outputs()
-    monkeypatch.setattr(
-        all_detection.parameters, "_run_parameters", None
-    )  # outside a run: the project's conf
-    assert {node.namespace for node in create_pipeline().nodes if node.namespace} == {
+    with session_configuration():  # the project's conf
+        configured = create_pipeline()
+    assert {node.namespace for node in configured.nodes if node.namespace} == {
         f"fold_{fold}" for fold in range(1, 6)
     }
 

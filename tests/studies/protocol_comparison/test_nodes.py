@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from all_detection.core.stain import stain_reference
 from all_detection.layout import CLASSES
-from all_detection.pipelines.evaluation.nodes import measure_leakage
+from all_detection.pipelines.evaluation.report import measure_leakage
 from all_detection.studies.protocol_comparison.nodes import (
     accuracy_by_view,
     augment_then_split,

@@ -25,6 +25,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from all_detection.checks import InferenceSetupError, check_input_shape
 from all_detection.image_io import ImageFolder, UnusableImage, decode_limits, decode_rgb
 from all_detection.layout import (
     CLASSES,
@@ -34,7 +35,6 @@ from all_detection.layout import (
     QUARANTINED,
     input_channels,
 )
-from all_detection.parameters import InferenceSetupError, check_input_shape
 from all_detection.segmentation import model_input
 from all_detection.serving import CHAMPION, REGISTERED_NAME
 

@@ -1,4 +1,4 @@
-"""Evaluation: predictions, metrics with bootstrap intervals, and figures."""
+"""Evaluation: predictions, metrics with bootstrap intervals, the metrics report, and figures."""
 
 from .pipeline import create_pipeline
 

@@ -16,10 +16,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay, roc_curve
 
-from all_detection.gradcam import GRADCAM_LAYER, gradcam_heatmaps
-from all_detection.layout import CLASSES
-
-from .nodes import LABELS, PROBABILITY_COLUMNS, calibration_bins, expected_calibration_error, one_vs_rest_auc
+from all_detection.core.model import gradcam_layers
+from all_detection.gradcam import gradcam_heatmaps
+from all_detection.layout import CLASSES, PROBABILITY_COLUMNS
+from all_detection.metrics import LABELS, calibration_bins, expected_calibration_error, one_vs_rest_auc
 
 _RIGHT, _WRONG = "tab:green", "tab:red"
 
@@ -241,8 +241,9 @@ def plot_gradcam(
             va="center",
             fontsize=10,
         )
+    last_conv = gradcam_layers(model)["to_last_conv"][-1].name
     figure.suptitle(
-        f"Grad-CAM on {GRADCAM_LAYER} (test): rows are true classes; left {per_class} correct, right "
+        f"Grad-CAM on {last_conv} (test): rows are true classes; left {per_class} correct, right "
         f"{per_class} wrong; titles give the predicted class (confidence)",
         fontsize=9,
     )

@@ -13,14 +13,8 @@ from .figures import (
     plot_roc_curves,
     plot_training_curves,
 )
-from .nodes import (
-    assemble_metrics,
-    evaluate_split,
-    measure_leakage,
-    predict_split,
-    to_mlflow_metrics,
-    write_classification_report,
-)
+from .nodes import evaluate_split, predict_split
+from .report import assemble_metrics, measure_leakage, to_mlflow_metrics, write_classification_report
 
 
 def create_pipeline(**kwargs) -> Pipeline:

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from all_detection.checks import InferenceSetupError, check_input_shape
 from all_detection.core.prediction import predict_probabilities
 from all_detection.core.progress import Progress
 from all_detection.image_io import FILE_VERDICT_COLUMNS, UNREADABLE, ImageFolder, UnusableImage
@@ -24,7 +25,6 @@ from all_detection.layout import (
     PROBABILITY_COLUMNS,
     QUARANTINED,
 )
-from all_detection.parameters import InferenceSetupError, check_input_shape
 from all_detection.segmentation import model_input
 
 logger = logging.getLogger(__name__)

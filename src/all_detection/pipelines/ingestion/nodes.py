@@ -32,6 +32,7 @@ from all_detection.layout import (
     usable_originals,
 )
 from all_detection.overlap import field_features, overlapping_pairs
+from all_detection.provenance import DIGESTED_COLUMNS, manifest_provenance
 from all_detection.segmentation import blast_mask, dataset_mask, dice_and_iou
 
 logger = logging.getLogger(__name__)
@@ -356,6 +357,16 @@ def _why_agreement_is_low(ours: float, theirs: float) -> str:
     if ours < 0.5 * theirs:
         return f"our masks cover much less than the dataset's ({ours:.1%} against {theirs:.1%} of pixels)"
     return f"the masks differ in where they put the cells ({ours:.1%} against {theirs:.1%} of pixels)"
+
+
+def describe_data(manifest: pd.DataFrame, dataset: dict[str, Any]) -> dict[str, Any]:
+    """What a run trains and tests on, for its MLflow record: the manifest's digest and counts
+    (`data.*` parameters), and its rows as the run's dataset, named after the image folder."""
+    return {
+        "params": manifest_provenance(manifest),
+        "source": str(dataset["root"]),
+        "rows": manifest[DIGESTED_COLUMNS],
+    }
 
 
 def summarise_data_quality(

@@ -6,6 +6,7 @@ from kedro.pipeline import Node, Pipeline
 from .nodes import (
     assign_splits,
     build_manifest,
+    describe_data,
     find_overlapping_fields,
     group_duplicates,
     measure_segmentation_agreement,
@@ -56,6 +57,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="assign_splits_node",
             ),
             Node(build_manifest, inputs="split_files", outputs="manifest", name="build_manifest_node"),
+            # Logged with the run: the manifest's digest and counts, and its rows as the run's dataset.
+            Node(
+                describe_data,
+                inputs=["manifest", "params:dataset"],
+                outputs="data_provenance",
+                name="describe_data_node",
+            ),
             Node(
                 measure_segmentation_agreement,
                 inputs=["manifest", "raw_images", "params:preprocessing", "params:ingestion"],

@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import pandas as pd
 
+from all_detection.core.choices import BASE_OUTPUT
 from all_detection.core.hardware import hardware_setup, sized_for_device
 from all_detection.core.model import (
-    BASE_OUTPUT,
     assemble_classifier,
     base_gflop_per_image,
     build_base,

@@ -3,14 +3,14 @@ the head on them (fine-tuning above the cut), `online` trains on images augmente
 adds test-time augmentation to the saved model and registers it.
 
 The mode shapes the pipeline, so it is read when the pipelines are registered, like the number of
-cross-validation folds (`all_detection.parameters.shaping_parameters`); a run whose pipeline was
+cross-validation folds (`all_detection.configuration.shaping_parameters`); a run whose pipeline was
 registered for the other mode is refused before it starts.
 """
 
 from kedro.pipeline import Node, Pipeline
 
+from all_detection.configuration import shaping_parameters
 from all_detection.core.model import with_test_time_augmentation
-from all_detection.parameters import shaping_parameters
 from all_detection.serving import servable_model
 
 from .nodes import cache_base_features, describe_colour_range, fit_head, fit_online

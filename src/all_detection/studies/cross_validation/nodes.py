@@ -17,13 +17,8 @@ from matplotlib.figure import Figure
 from sklearn.model_selection import StratifiedGroupKFold
 
 from all_detection.layout import SPLITS
-from all_detection.studies import (
-    HEADLINE_METRICS,
-    headline,
-    plot_interval_comparison,
-    pooled_images,
-    pooled_index,
-)
+from all_detection.studies.figures import plot_interval_comparison
+from all_detection.studies.nodes import HEADLINE_METRICS, headline, pooled_images, pooled_index
 
 logger = logging.getLogger(__name__)
 

@@ -5,17 +5,17 @@ and one MLflow child run per fold.
 The number of folds shapes the pipeline, so it is read when the pipelines are registered: from the
 run's own parameters (its --env and --params) in a `kedro run`, else (kedro-viz, a notebook) from the
 project's conf for KEDRO_ENV. A run whose pipeline was registered with another count is refused before
-it starts (`all_detection.parameters.check_pipeline_shape`).
+it starts (`all_detection.checks.check_pipeline_shape`).
 """
 
 from pathlib import Path
 
 from kedro.pipeline import Node, Pipeline
 
+from all_detection.configuration import shaping_parameters
 from all_detection.layout import SPLITS, fold_names
-from all_detection.parameters import shaping_parameters
 from all_detection.pipelines import augmentation, ingestion, preprocessing
-from all_detection.studies import child_runs_node, model_run, variant
+from all_detection.studies.wiring import child_runs_node, model_run, variant
 
 from .nodes import (
     assign_folds,
@@ -29,7 +29,7 @@ from .nodes import (
 
 def configured_folds(project_path: Path | None = None) -> int:
     """`cross_validation.folds` of the run being set up or, outside a run, as the project's
-    configuration gives it (`all_detection.parameters.shaping_parameters`)."""
+    configuration gives it (`all_detection.configuration.shaping_parameters`)."""
     parameters = shaping_parameters(project_path)
     if parameters is None:
         raise RuntimeError(

@@ -10,7 +10,8 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from all_detection.studies import HEADLINE_METRICS, headline, plot_interval_comparison
+from all_detection.studies.figures import plot_interval_comparison
+from all_detection.studies.nodes import HEADLINE_METRICS, headline
 
 
 def compare_input_modes(**metrics_by_mode: dict[str, Any]) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from kedro.pipeline import Node, Pipeline
 
 from all_detection.layout import INPUT_MODES
 from all_detection.pipelines import augmentation, ingestion, preprocessing
-from all_detection.studies import child_runs_node, model_run, variant
+from all_detection.studies.wiring import child_runs_node, model_run, variant
 
 from .nodes import compare_input_modes, plot_input_modes
 

@@ -15,13 +15,8 @@ from matplotlib.figure import Figure
 from sklearn.model_selection import train_test_split
 
 from all_detection.core.augmenter import plan_views, render_views
-from all_detection.studies import (
-    HEADLINE_METRICS,
-    headline,
-    plot_interval_comparison,
-    pooled_images,
-    pooled_index,
-)
+from all_detection.studies.figures import plot_interval_comparison
+from all_detection.studies.nodes import HEADLINE_METRICS, headline, pooled_images, pooled_index
 
 PROTOCOLS = {
     "paper": (

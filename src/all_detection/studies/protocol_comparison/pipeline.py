@@ -4,7 +4,7 @@
 from kedro.pipeline import Node, Pipeline
 
 from all_detection.pipelines import augmentation, ingestion, preprocessing
-from all_detection.studies import child_runs_node, model_run, variant
+from all_detection.studies.wiring import child_runs_node, model_run, variant
 
 from .nodes import (
     PROTOCOLS,
