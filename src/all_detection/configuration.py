@@ -4,6 +4,7 @@ hands to Kedro), the `merge` resolver, the parameters of a project read outside 
 
 from __future__ import annotations
 
+import functools
 import os
 import weakref
 from pathlib import Path
@@ -52,6 +53,13 @@ class SessionConfigLoader(OmegaConfigLoader):
         global _session_configuration  # noqa: PLW0603 - one session per process at a time, as Kedro's
         _session_configuration = weakref.ref(self)
 
+    @functools.cached_property
+    def shaping_parameters(self) -> dict[str, Any]:
+        """The session's parameters as its pipelines are registered, read from conf/ once: every
+        pipeline that takes its shape from them asks (15 times a registration), and each
+        `self["parameters"]` reads and merges the files again."""
+        return self["parameters"]
+
 
 def project_parameters(
     project: Path, env: str | None = None, runtime_params: dict[str, Any] | None = None
@@ -88,7 +96,7 @@ def shaping_parameters(project_path: Path | None = None) -> dict[str, Any] | Non
     Kedro's config loader with the project's settings; None outside a Kedro project."""
     session_configuration = _session_configuration() if _session_configuration else None
     if session_configuration is not None:
-        return session_configuration["parameters"]
+        return session_configuration.shaping_parameters
     project = project_path or find_kedro_project(Path.cwd())
     return None if project is None else project_parameters(project, os.environ.get("KEDRO_ENV"))
 
