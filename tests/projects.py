@@ -8,6 +8,8 @@ from pathlib import Path
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 
+from tests.stores import new_store
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,7 +29,7 @@ def copy_project(project: Path) -> Path:
     # keep writing into the first test's project: pin each copy's store to its own absolute path.
     mlflow_yml = project / "conf" / "base" / "mlflow.yml"
     mlflow_yml.write_text(
-        mlflow_yml.read_text().replace("sqlite:///mlflow.db", f"sqlite:///{project}/mlflow.db")
+        mlflow_yml.read_text().replace("sqlite:///mlflow.db", new_store(project / "mlflow.db"))
     )
     return project
 

@@ -33,10 +33,21 @@ def numpy(tensor) -> np.ndarray:
     return keras.ops.convert_to_numpy(tensor)
 
 
+def answers(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    """The model's output in inference mode, called eagerly: `predict` would first trace a graph, most
+    of these tests' time at 32 px. Its compiled path is checked once, on the reloaded TTA model."""
+    return numpy(model(batch, training=False))
+
+
+@pytest.fixture(scope="module")
+def base() -> keras.Model:
+    """One randomly initialised VGG16 shared by the cuts, which build around it without changing it."""
+    return build_base(SIZE, None)[0]
+
+
 @pytest.mark.parametrize("channels", [3, 6])
 @pytest.mark.parametrize("cache_at", ["block5_conv2", "block4_pool", "block1_conv1"])
-def test_a_cut_inside_vgg16_computes_the_same_network(channels: int, cache_at: str):
-    base, _ = build_base(SIZE, None)
+def test_a_cut_inside_vgg16_computes_the_same_network(base: keras.Model, channels: int, cache_at: str):
     whole = build_feature_extractor(base, channels, "imagenet")
     below = build_feature_extractor(base, channels, "imagenet", cache_at)
     above = build_base_above(base, cache_at, below.output_shape[1:], 2 if channels == 6 else 1)
@@ -45,9 +56,7 @@ def test_a_cut_inside_vgg16_computes_the_same_network(channels: int, cache_at: s
     head = build_head(whole.output_shape[1:], HEAD)
     cut = assemble_classifier(below, head, base_above=above)
     full = assemble_classifier(whole, head)
-    np.testing.assert_allclose(
-        cut.predict(batch, verbose=0), full.predict(batch, verbose=0), rtol=1e-4, atol=1e-6
-    )
+    np.testing.assert_allclose(answers(cut, batch), answers(full, batch), rtol=1e-4, atol=1e-6)
     # Every VGG16 layer is found, in order, wherever the cut put it.
     assert [layer.name for layer in vgg16_layers(cut)] == base_layer_names(base)[1:]
 
@@ -70,8 +79,8 @@ def orientation_blind() -> keras.Model:
 def test_test_time_augmentation_of_an_orientation_blind_model_changes_nothing():
     model, batch = orientation_blind(), images(3)
     np.testing.assert_allclose(
-        with_test_time_augmentation(model, "dihedral").predict(batch, verbose=0),
-        model.predict(batch, verbose=0),
+        answers(with_test_time_augmentation(model, "dihedral"), batch),
+        answers(model, batch),
         rtol=1e-5,
         atol=1e-6,
     )
@@ -92,11 +101,11 @@ def test_dihedral_test_time_augmentation_is_the_mean_over_the_8_exact_views(tmp_
     classifier, batch = orientation_aware(), images(3, count=4)
     views = [np.rot90(batch, turns, axes=(1, 2)) for turns in range(4)]
     views += [view[:, :, ::-1] for view in views]
-    expected = np.mean([classifier.predict(np.ascontiguousarray(view), verbose=0) for view in views], axis=0)
+    expected = np.mean([answers(classifier, np.ascontiguousarray(view)) for view in views], axis=0)
     augmented = with_test_time_augmentation(classifier, "dihedral")
-    np.testing.assert_allclose(augmented.predict(batch, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(answers(augmented, batch), expected, rtol=1e-5, atol=1e-6)
     # The views differ to this model, so the mean is not the plain answer.
-    assert np.abs(expected - classifier.predict(batch, verbose=0)).max() > 0.05
+    assert np.abs(expected - answers(classifier, batch)).max() > 0.05
     # Saved and reloaded in safe mode, the model still averages, and its classifier is found inside.
     dataset = TensorFlowModelDataset(filepath=str(tmp_path / "model.keras"))
     dataset.save(augmented)

@@ -23,6 +23,7 @@ from all_detection.serving import (
     servable_model,
 )
 from tests.configuration import configured_parameters
+from tests.stores import new_store
 
 # Registers a model and serves it over REST.
 pytestmark = pytest.mark.slow
@@ -42,7 +43,7 @@ def _serving_benchmark():
 def registered(tmp_path_factory: pytest.TempPathFactory):
     """A tiny trained-shape model registered once in a throwaway SQLite store, and some images for it."""
     store = tmp_path_factory.mktemp("serving")
-    tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
+    tracking_uri = new_store(store / "mlflow.db")
     mlflow.set_tracking_uri(tracking_uri)
     # Earlier runs in this process leave their experiment active; this store has its own, with its
     # artifacts beside it rather than in ./mlruns.
@@ -133,7 +134,7 @@ def _manifest(seed: int) -> pd.DataFrame:
 
 
 def test_the_champion_is_the_best_on_the_same_test_images_and_never_synthetic(tmp_path: Path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(new_store(tmp_path / "mlflow.db"))
     experiment = mlflow.create_experiment("champion", (tmp_path / "artifacts").as_uri())
     dataset = {"root": "data/01_raw/ALL", "synthetic": False}
     try:

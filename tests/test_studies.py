@@ -11,6 +11,7 @@ from kedro.pipeline import Node, Pipeline
 
 from all_detection.datasets import MlflowChildRunsDataset
 from all_detection.studies.wiring import model_run, variant
+from tests.stores import new_store
 
 
 def scale(values: list[float], factor: float) -> list[float]:
@@ -72,7 +73,7 @@ RECORD = {
 
 
 def test_child_runs_are_nested_under_the_run_in_progress(tmp_path: Path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     mlflow.set_tracking_uri(uri)
     # Artifacts beside the store: MLflow's default, ./mlruns, would land in the project root.
     mlflow.create_experiment("all_detection", artifact_location=str(tmp_path / "artifacts"))
@@ -99,7 +100,7 @@ def test_child_runs_are_nested_under_the_run_in_progress(tmp_path: Path):
 
 
 def test_without_a_run_in_progress_children_are_top_level_runs_of_the_study(tmp_path: Path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db")
     mlflow.set_tracking_uri(uri)
     # Artifacts beside the store: MLflow's default, ./mlruns, would land in the project root.
     mlflow.create_experiment("all_detection", artifact_location=str(tmp_path / "artifacts"))

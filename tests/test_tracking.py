@@ -44,7 +44,8 @@ def _repin_store(project: Path) -> None:
 def test_a_fresh_project_crowns_the_real_model_never_the_demo_and_moves_with_its_folder(
     project_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    # A new user's first run is the demo; the second is on their own data.
+    # A new user's first run is the demo, into a store it creates; the second is on their own data.
+    (project_copy / "mlflow.db").unlink()
     run_session(project_copy, env="demo", pipeline="__default__", **SMALL_DEMO)
     _write_real_like_set(project_copy / "data/01_raw/ALL")
     run_session(project_copy, pipeline="__default__", model={"base_weights": None}, **SMALL)

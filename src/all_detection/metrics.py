@@ -183,12 +183,11 @@ def bootstrap_intervals(
     the same intervals. The intervals say how much the numbers could move on another draw of images
     like these, not how they would fare on other patients or hospitals.
     """
+    if len(truth) == 0:
+        raise ValueError("No images to resample: a bootstrap interval needs at least one prediction.")
     rng = np.random.default_rng(seed)
-    accuracy, macro_f1 = np.empty(samples), np.empty(samples)
-    for sample in range(samples):
-        rows = rng.integers(0, len(truth), len(truth))
-        accuracy[sample] = accuracy_score(truth[rows], predicted[rows])
-        macro_f1[sample] = f1_score(truth[rows], predicted[rows], average="macro", zero_division=0)
+    rows = np.stack([rng.integers(0, len(truth), len(truth)) for _ in range(samples)])
+    accuracy, macro_f1 = resampled_scores(truth, predicted, rows)
     tail = 100 * (1 - level) / 2
     return {
         "accuracy": [reported(value) for value in np.percentile(accuracy, [tail, 100 - tail])],
@@ -196,6 +195,27 @@ def bootstrap_intervals(
         "level": level,
         "bootstrap_samples": samples,
     }
+
+
+def resampled_scores(
+    truth: np.ndarray, predicted: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and macro F1 of each resample (a row of `rows`, indices into the predictions), equal to
+    scikit-learn's `accuracy_score` and `f1_score(average="macro", zero_division=0)` on it, bit for bit,
+    from one confusion matrix per resample: a thousand resamples cost one pass instead of a thousand
+    calls. As scikit-learn does, a resample's macro F1 averages over the classes it holds (in its truth
+    or its predictions), each class's F1 being 2 tp / (true + predicted)."""
+    labels, codes = np.unique(np.concatenate([truth, predicted]), return_inverse=True)
+    k, true_codes, predicted_codes = len(labels), codes[: len(truth)], codes[len(truth) :]
+    cells = true_codes[rows] * k + predicted_codes[rows] + (k * k) * np.arange(len(rows))[:, None]
+    confusion = np.bincount(cells.ravel(), minlength=len(rows) * k * k).reshape(len(rows), k, k)
+    hits = np.trace(confusion, axis1=1, axis2=2)
+    accuracy = hits / rows.shape[1]
+    true_sum, predicted_sum = confusion.sum(axis=2), confusion.sum(axis=1)
+    held = (true_sum + predicted_sum) > 0
+    denominator = np.where(held, true_sum + predicted_sum, 1).astype(np.float64)
+    f1 = np.where(held, 2.0 * np.diagonal(confusion, axis1=1, axis2=2) / denominator, 0.0)
+    return accuracy, f1.sum(axis=1) / held.sum(axis=1)
 
 
 def nested(block: dict[str, Any], *path: str | int) -> Any:

@@ -32,6 +32,7 @@ from all_detection.pipelines.inference.nodes import (
 from all_detection.segmentation import model_input
 from tests.configuration import configured_parameters
 from tests.defects import write_defective_dataset
+from tests.stores import new_store
 
 INGESTION = configured_parameters()["ingestion"]
 PREPROCESSING = {**configured_parameters()["preprocessing"], "image_size": 32}
@@ -95,14 +96,21 @@ def score(root: Path, model, batch_size: int = 32, preprocessing: dict = PREPROC
 
 
 @pytest.fixture(scope="module")
-def predictions(image_folder, model_file) -> pd.DataFrame:
-    root, _ = image_folder
-    return score(root, load_model(model_file))
+def model(model_file):
+    """The model loaded once for the tests that score with it: loading and tracing its predict step are
+    most of their time at 32 px. Loading itself is tested on its own."""
+    return load_model(model_file)
 
 
-def test_scores_do_not_depend_on_the_batch_size(image_folder, model_file, predictions):
+@pytest.fixture(scope="module")
+def predictions(image_folder, model) -> pd.DataFrame:
     root, _ = image_folder
-    in_fives = score(root, load_model(model_file), batch_size=5)
+    return score(root, model)
+
+
+def test_scores_do_not_depend_on_the_batch_size(image_folder, model, predictions):
+    root, _ = image_folder
+    in_fives = score(root, model, batch_size=5)
     pd.testing.assert_frame_equal(in_fives, predictions, rtol=1e-5)
 
 
@@ -130,7 +138,7 @@ def test_inference_applies_test_time_augmentation_exactly_as_evaluation_does(
     assert ok["predicted"].tolist() == evaluated["predicted"].tolist()
 
 
-def test_a_file_gone_since_the_scan_is_quarantined_not_fatal(tmp_path, model_file):
+def test_a_file_gone_since_the_scan_is_quarantined_not_fatal(tmp_path, model):
     root = tmp_path / "images"
     write_defective_dataset(root)
     folder = ImageFolder(root)
@@ -139,7 +147,7 @@ def test_a_file_gone_since_the_scan_is_quarantined_not_fatal(tmp_path, model_fil
     (root / "Original/Benign/WBC-Benign-002.jpg").write_bytes(b"")
     (root / "Original/Benign/WBC-Benign-003.jpg").unlink()
     (root / "Original/Benign/WBC-Benign-003.jpg").symlink_to(root / "Original/Benign/WBC-Benign-004.jpg")
-    scored = score_images(files, folder, load_model(model_file), {"batch_size": 4}, PREPROCESSING, INGESTION)
+    scored = score_images(files, folder, model, {"batch_size": 4}, PREPROCESSING, INGESTION)
     scored = scored.set_index("path")
     assert scored.loc["Original/Benign/WBC-Benign-001.jpg", "reason"] == "unreadable file"
     assert scored.loc["Original/Benign/WBC-Benign-002.jpg", "reason"] == "empty file"
@@ -153,15 +161,15 @@ def test_a_file_gone_since_the_scan_is_quarantined_not_fatal(tmp_path, model_fil
     [({"image_size": 48}, r"\(48, 48, 3\)"), ({"input_mode": "dual"}, r"\(32, 32, 6\)")],
 )
 def test_a_model_trained_on_other_inputs_is_refused_before_any_file_is_read(
-    image_folder, model_file, preprocessing, makes
+    image_folder, model, preprocessing, makes
 ):
     root, _ = image_folder
     with pytest.raises(InferenceSetupError, match=rf"takes images of shape \(32, 32, 3\).*makes {makes}"):
-        score(root, load_model(model_file), preprocessing={**PREPROCESSING, **preprocessing})
+        score(root, model, preprocessing={**PREPROCESSING, **preprocessing})
 
 
-def test_an_empty_folder_gives_an_empty_table(tmp_path, model_file):
-    scored = score(tmp_path, load_model(model_file))
+def test_an_empty_folder_gives_an_empty_table(tmp_path, model):
+    scored = score(tmp_path, model)
     assert scored.empty
     assert list(scored.columns) == PREDICTION_COLUMNS
 
@@ -187,7 +195,7 @@ def test_a_damaged_model_file_is_a_clear_error(tmp_path):
 def tracking_store(tmp_path: Path):
     """A throwaway SQLite MLflow store, its artifacts beside it, made current; the previous one restored."""
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(new_store(tmp_path / "mlflow.db"))
     experiment = mlflow.create_experiment("inference_test", artifact_location=str(tmp_path / "artifacts"))
     try:
         yield experiment
